@@ -1,0 +1,33 @@
+# `make sweep` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install sweep report test test-fast bench lint clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+sweep: $(INSTALLED)  ## the default study on the embedded task and tiny model
+	$(BIN)/cttt sweep default
+
+test: $(INSTALLED)  ## the full suite (what CI runs)
+	$(BIN)/pytest -q
+
+test-fast: $(INSTALLED)  ## the suite without tests marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+bench: $(INSTALLED)
+	$(BIN)/python -m catalyst_ttt.bench
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check catalyst_ttt tests
+
+clean:
+	rm -rf runs cache

@@ -1,0 +1,1 @@
+"""catalyst-ttt: catalyst data regimes x test-time training signals, measured."""

@@ -1,0 +1,245 @@
+"""`cttt`: run one cell, run a sweep, list what is registered, show status, write a report."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import warnings
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from catalyst_ttt.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Catalyst data regimes x test-time training signals, measured.",
+)
+console = Console()
+err_console = Console(stderr=True)
+OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+SUMMARY_TITLE = "regime x signal — id greedy accuracy, mean ± 95% CI over seeds († uses labels)"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("hydra").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def user_errors(command):
+    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command(context_settings=PASS_THROUGH)
+@user_errors
+def run(overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Run one cell: base -> catalyst -> ttt -> eval."""
+    from catalyst_ttt.config import compose_cell
+    from catalyst_ttt.results import check_writable
+
+    cfg = compose_cell(list(overrides or []))
+    check_writable(cfg.runs_dir)
+    check_writable(cfg.cache_dir)
+    _quiet_libraries()
+    from catalyst_ttt.pipeline import run_cell
+
+    result = run_cell(cfg)
+    _print_cell(result)
+    if result.get("wandb_dir"):
+        console.print(f"W&B offline run: upload with [bold]wandb sync {result['wandb_dir']}[/bold]")
+    if result["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _print_cell(result: dict) -> None:
+    table = Table(
+        title=f"{result['cell']} — {result['status']}" + (" (skipped: already done)" if result.get("skipped") else "")
+    )
+    for column in ("split", "acc/greedy", "maj@k", "step validity"):
+        table.add_column(column)
+    for split, metrics in result.get("metrics", {}).items():
+        maj = next((v for k, v in metrics.items() if k.startswith("acc/maj@")), float("nan"))
+        table.add_row(split, f"{metrics['acc/greedy']:.3f}", f"{maj:.3f}", f"{metrics['process/step_validity']:.3f}")
+    console.print(table)
+    if "ignition" in result:
+        console.print(f"ignition (id greedy, catalyst - none, before TTT): {result['ignition']:+.3f}")
+    if result.get("error"):
+        console.print(f"[red]{result['status']}:[/red] {result['error']}")
+    console.print(f"results: {result.get('config', {}).get('runs_dir', 'runs')}/{result['sweep']}/{result['cell']}/")
+
+
+@app.command(context_settings=PASS_THROUGH)
+@user_errors
+def sweep(
+    name: str = typer.Argument("default", help="sweeps/NAME.yaml"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    jobs: int = typer.Option(1, "--jobs", "-j", help="cells run in parallel on this machine (joblib)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, what is done and cached; run nothing"),
+) -> None:
+    """Run a sweep as a Hydra multirun; finished cells are skipped."""
+    from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.results import check_writable
+
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
+    plan = sweeps.load_sweep(name, list(overrides or []), jobs)
+    cells = plan.cells()
+    if dry_run:
+        _print_plan(plan, cells)
+        return
+    check_writable(cells[0].config.runs_dir)
+    check_writable(cells[0].config.cache_dir)
+    _quiet_libraries()
+    console.print(f"sweep [bold]{name}[/bold]: {len(cells)} cells")
+    counts = sweeps.launch(plan, cells, console)
+    runs_dir = cells[0].config.runs_dir
+    console.print(f"results: {runs_dir}/{name}/  ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})")
+    console.print(f"report: cttt report {name}    W&B offline runs: wandb sync {runs_dir}/{name}/*/wandb/offline-run-*")
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def _print_plan(plan, cells) -> None:
+    from catalyst_ttt.cache import cached_keys
+    from catalyst_ttt.config import config_hash
+    from catalyst_ttt.pipeline import base_key, catalyst_key
+
+    table = Table(title=f"sweep {plan.name}: {len(cells)} cells")
+    for column in ("cell", "state", "base", "catalyst"):
+        table.add_column(column)
+    for cell in cells:
+        cfg = cell.config
+        bases, catalysts = cached_keys(cfg.cache_dir, "base"), cached_keys(cfg.cache_dir, "catalyst")
+        base_hash = config_hash(base_key(cfg)) if cfg.model.kind == "tiny" else None
+        cat_hash = config_hash(catalyst_key(cfg, base_hash or cfg.model.name_or_path))
+        table.add_row(
+            cell.id,
+            cell.state(),
+            "pretrained" if base_hash is None else ("cached" if base_hash in bases else "to train"),
+            "none" if cfg.regime.name == "none" else ("cached" if cat_hash in catalysts else "to train"),
+        )
+    console.print(table)
+    done = sum(c.state() in ("done", "diverged") for c in cells)
+    console.print(
+        f"{done}/{len(cells)} cells done; axes: " + "; ".join(f"{k}={','.join(v)}" for k, v in plan.axes.items())
+    )
+
+
+@app.command()
+@user_errors
+def status(
+    name: str = typer.Argument("default", help="the sweep"),
+    runs_dir: str = typer.Option("runs", help="where the results store is"),
+) -> None:
+    """Cells done / running / failed and the per-group summary, from the results store."""
+    from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.metrics.aggregate import aggregate, rule_of
+    from catalyst_ttt.report import summary_table
+    from catalyst_ttt.results import load_results
+
+    results = load_results(runs_dir, name)
+    states = {}
+    if name in sweeps.available_sweeps():
+        for cell in sweeps.load_sweep(name, [f"runs_dir={runs_dir}"]).cells():
+            states[cell.id] = cell.state()
+    for result in results:
+        states.setdefault(result["cell"], result["status"])
+    tally: dict[str, int] = {}
+    for state in states.values():
+        tally[state.split(":")[0]] = tally.get(state.split(":")[0], 0) + 1
+    console.print(
+        f"sweep [bold]{name}[/bold]: {len(states)} cells — " + ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
+    )
+    for cell, state in sorted(states.items()):
+        if state.startswith("running") or state == "failed":
+            console.print(f"  {state:<20} {cell}")
+    console.print(summary_table(aggregate(results, rule_of(results)), SUMMARY_TITLE))
+
+
+@app.command()
+@user_errors
+def report(
+    name: str = typer.Argument("default", help="the sweep"),
+    runs_dir: str = typer.Option("runs", help="where the results store is"),
+    open_html: bool = typer.Option(False, "--open", help="open report.html in a browser"),
+    wandb_log: bool = typer.Option(True, "--wandb/--no-wandb", help="also log the report as a W&B run"),
+) -> None:
+    """Tables, plots and a generated answer from a sweep's results store."""
+    from catalyst_ttt.report import build_report, log_to_wandb, summary_table, write_report
+
+    result = build_report(runs_dir, name)
+    _quiet_libraries()
+    directory = write_report(result, runs_dir)
+    console.print(summary_table(result.groups, SUMMARY_TITLE))
+    console.print("[bold]The answer[/bold]")
+    for sentence in result.answer:
+        console.print(f"- {sentence}", highlight=False)
+    console.print(f"report: {directory / 'report.md'}  {directory / 'report.html'}")
+    if wandb_log:
+        offline = log_to_wandb(result)
+        if offline:
+            console.print(f"W&B report run (offline): wandb sync {offline}")
+    if open_html:
+        import webbrowser
+
+        webbrowser.open((directory / "report.html").resolve().as_uri())
+
+
+@app.command("list")
+@user_errors
+def list_units() -> None:
+    """The registered tasks, regimes, signals, models and sweeps."""
+    from catalyst_ttt.config import CONF_DIR
+    from catalyst_ttt.regimes import REGIMES
+    from catalyst_ttt.signals import SIGNALS
+    from catalyst_ttt.sweep import available_sweeps
+    from catalyst_ttt.tasks import TASKS
+
+    table = Table(title="catalyst-ttt")
+    table.add_column("kind")
+    table.add_column("names")
+    table.add_row("task", ", ".join(TASKS.names()))
+    table.add_row("regime", ", ".join(REGIMES.names()))
+    table.add_row("model", ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))))
+    table.add_row("sweep", ", ".join(available_sweeps()))
+    console.print(table)
+    signals = Table(title="signals")
+    for column in ("signal", "trainer", "labels", "what it rewards"):
+        signals.add_column(column)
+    for name in SIGNALS.names():
+        signal = SIGNALS.get(name)
+        signals.add_row(name, signal.trainer or "-", signal.labels_note(), signal.description)
+    console.print(signals)
+
+
+def main() -> None:
+    app(prog_name="cttt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

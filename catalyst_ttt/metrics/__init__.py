@@ -1,0 +1,1 @@
+"""Metrics from DESIGN.md: accuracy, process validity, information gain, stability."""

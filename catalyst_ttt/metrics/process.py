@@ -1,0 +1,17 @@
+"""Process metrics from the task's step verifier."""
+
+from __future__ import annotations
+
+from catalyst_ttt.tasks.base import Parsed, Problem, Task
+
+
+def process_item(task: Task, problem: Problem, parsed: Parsed, correct: bool) -> dict[str, float]:
+    flags = task.step_validity(problem, parsed.steps)
+    validity = sum(flags) / len(flags) if flags else 0.0
+    trace_valid = bool(flags) and all(flags)
+    return {
+        "process/step_validity": validity,
+        "process/trace_valid": float(trace_valid),
+        "process/unfaithful_correct": float(correct and not trace_valid),
+        "process/faithful_acc": float(correct and trace_valid),
+    }

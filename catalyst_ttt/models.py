@@ -1,0 +1,102 @@
+"""Model builders: a tiny Llama with a character tokenizer, or any local/hub causal LM."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from catalyst_ttt.errors import UserError
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+CHARACTERS = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny"  # tiny | hf
+    # tiny
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_positions: int = 192
+    # hf
+    name_or_path: str | None = None
+    trust_remote_code: bool = False
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable character; no merges, so every step is visible to the model."""
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *CHARACTERS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    tokenizer.padding_side = "left"  # generation pads on the left
+    return tokenizer
+
+
+def new_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(name_or_path: str, trust_remote_code: bool = False):
+    """A causal LM and its tokenizer from a local directory or a reachable hub id."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
+    except OSError as err:
+        raise UserError(
+            f"model.name_or_path {name_or_path!r} could not be loaded: {str(err).splitlines()[0]}"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def with_chat_template(splits: dict, tokenizer) -> dict:
+    """Prompts wrapped in the tokenizer's chat template (as a user turn), when it has one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return splits
+
+    def wrap(problem):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": problem.prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return replace(problem, prompt=prompt)
+
+    return {name: [wrap(p) for p in problems] for name, problems in splits.items()}
+
+
+def save_checkpoint(model, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)

@@ -1,0 +1,71 @@
+"""Catalyst data regimes: pure functions of (gold problems, seed) -> prompt/completion rows."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Callable
+
+from catalyst_ttt.config import RegimeConfig
+from catalyst_ttt.registry import Registry
+from catalyst_ttt.tasks.base import Problem, Task
+
+Regime = Callable[[list[Problem], Task, RegimeConfig, int], list[dict]]
+REGIMES: Registry[Regime] = Registry("regime")
+
+
+def _row(task: Task, problem: Problem, steps: tuple[str, ...]) -> dict:
+    """A catalyst row always keeps the problem's own gold answer."""
+    return {"prompt": problem.prompt, "completion": task.render(steps, problem.answer)}
+
+
+@REGIMES.register("none")
+def no_catalyst(problems, task, cfg, seed) -> list[dict]:
+    """The control: no catalyst phase at all."""
+    return []
+
+
+@REGIMES.register("answer_only")
+def answer_only(problems, task, cfg, seed) -> list[dict]:
+    return [_row(task, p, ()) for p in problems]
+
+
+@REGIMES.register("correct")
+def correct(problems, task, cfg, seed) -> list[dict]:
+    return [_row(task, p, p.steps) for p in problems]
+
+
+@REGIMES.register("swapped")
+def swapped(problems, task, cfg, seed) -> list[dict]:
+    """Each problem gets another problem's gold trace and keeps its own answer (Stechly et al.).
+
+    Within a pool (same step count when `match_steps`), a random order is rotated by one, so no
+    row keeps its own trace. Problems alone in their pool borrow from the whole set.
+    """
+    rng = random.Random(seed)
+    pools: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(problems):
+        pools[p.num_steps if cfg.match_steps else 0].append(i)
+    donor = {}
+    for members in pools.values():
+        order = rng.sample(members, len(members))
+        for i, j in zip(order, order[1:] + order[:1]):
+            donor[i] = j
+    for i, j in donor.items():
+        if i == j or problems[j].steps == problems[i].steps:
+            others = [k for k in range(len(problems)) if problems[k].steps != problems[i].steps]
+            donor[i] = rng.choice(others)
+    return [_row(task, p, problems[donor[i]].steps) for i, p in enumerate(problems)]
+
+
+@REGIMES.register("illogical")
+def illogical(problems, task, cfg, seed) -> list[dict]:
+    """Gold structure, wrong intermediate values, gold answer (Schaeffer et al.)."""
+    rng = random.Random(seed)
+    return [_row(task, p, task.illogical_steps(p, rng)) for p in problems]
+
+
+def catalyst_rows(name: str, pool: list[Problem], task: Task, cfg: RegimeConfig, n: int, seed: int) -> list[dict]:
+    """The regime applied to a seeded sample of n problems from the catalyst pool."""
+    sample = random.Random(seed).sample(pool, min(n, len(pool)))
+    return REGIMES.get(name)(sample, task, cfg, seed)

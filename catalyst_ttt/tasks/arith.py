@@ -1,0 +1,143 @@
+"""`arith`: multi-digit addition, one step per column (digit + digit + carry = partial sum).
+
+Prompt `347+485:`; gold completion `7+5+0=12;4+8+1=13;3+4+1=8#832`. Column i (right to left)
+adds the operands' i-th digits and the carry of column i-1 (the tens of its partial sum).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from catalyst_ttt.tasks import TASKS
+from catalyst_ttt.tasks.base import Problem, Task
+
+NOISE_CHAR = "_"
+
+
+@dataclass
+class ArithConfig:
+    digits: int = 3
+    shift_digits: int = 5
+    noise_chars: int = 2
+    n_train: int = 2000
+    n_id: int = 128
+    n_heldout: int = 128
+    n_shift: int = 64
+    n_base_facts: int = 10000
+    n_base_answer_only: int = 8000
+    seed: int = 1234
+
+
+def column_steps(a: int, b: int) -> tuple[str, ...]:
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(digits_a), len(digits_b))):
+        x = int(digits_a[i]) if i < len(digits_a) else 0
+        y = int(digits_b[i]) if i < len(digits_b) else 0
+        total = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={total}")
+        carry = total // 10
+    return tuple(steps)
+
+
+def parse_step(step: str) -> tuple[int, int, int, int] | None:
+    left, eq, total = step.partition("=")
+    parts = left.split("+")
+    if not eq or len(parts) != 3:
+        return None
+    try:
+        x, y, carry = (int(p) for p in parts)
+        return x, y, carry, int(total)
+    except ValueError:
+        return None
+
+
+@TASKS.register("arith")
+class Arith(Task):
+    name = "arith"
+    config_class = ArithConfig
+
+    def __init__(self, cfg: ArithConfig):
+        self.cfg = cfg
+        longest = max(cfg.digits, cfg.shift_digits) + 1
+        self.max_completion_chars = longest * len("9+9+1=19;") + longest + 2
+
+    def make_problem(self, a: int, b: int, noise_rng: random.Random | None = None) -> Problem:
+        prompt = f"{a}+{b}"
+        if noise_rng is not None:
+            chars = list(prompt)
+            for _ in range(self.cfg.noise_chars):
+                chars.insert(noise_rng.randrange(len(chars) + 1), NOISE_CHAR)
+            prompt = "".join(chars)
+        return Problem(
+            uid=f"{a}+{b}" + (":noisy" if noise_rng else ""),
+            prompt=prompt + ":",
+            steps=column_steps(a, b),
+            answer=str(a + b),
+            spec={"a": a, "b": b},
+        )
+
+    def _sample(self, rng, n, digits, taken, noisy=False) -> list[Problem]:
+        low, high = 10 ** (digits - 1), 10**digits - 1
+        problems = []
+        while len(problems) < n:
+            a, b = rng.randint(low, high), rng.randint(low, high)
+            if (a, b) in taken:
+                continue
+            taken.add((a, b))
+            problems.append(self.make_problem(a, b, rng if noisy else None))
+        return problems
+
+    def splits(self) -> dict[str, list[Problem]]:
+        cfg, taken = self.cfg, set()
+        rng = random.Random(cfg.seed + 1)
+        return {
+            "train": self._sample(rng, cfg.n_train, cfg.digits, taken),
+            "id": self._sample(rng, cfg.n_id, cfg.digits, taken),
+            "heldout": self._sample(rng, cfg.n_heldout, cfg.digits, taken),
+            "shift_length": self._sample(rng, cfg.n_shift, cfg.shift_digits, taken),
+            "shift_format": self._sample(rng, cfg.n_shift, cfg.digits, taken, noisy=True),
+        }
+
+    def base_corpus(self) -> list[str]:
+        """Single-column facts and answer-only problems: never a prompt followed by its steps."""
+        cfg = self.cfg
+        rng = random.Random(cfg.seed + 2)
+        facts = []
+        for _ in range(cfg.n_base_facts):
+            x, y, carry = rng.randrange(10), rng.randrange(10), rng.randrange(2)
+            facts.append(f"{x}+{y}+{carry}={x + y + carry}")
+        low, high = 10 ** (cfg.digits - 1), 10**cfg.digits - 1
+        answers = []
+        for _ in range(cfg.n_base_answer_only):
+            problem = self.make_problem(rng.randint(low, high), rng.randint(low, high))
+            answers.append(problem.prompt + self.render((), problem.answer))
+        return facts + answers
+
+    def expected_steps(self, problem: Problem) -> int:
+        return max(len(str(problem.spec["a"])), len(str(problem.spec["b"])))
+
+    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
+        parsed = parse_step(step)
+        digits_a, digits_b = str(problem.spec["a"])[::-1], str(problem.spec["b"])[::-1]
+        if parsed is None or index >= max(len(digits_a), len(digits_b)):
+            return False
+        x, y, carry, total = parsed
+        want_x = int(digits_a[index]) if index < len(digits_a) else 0
+        want_y = int(digits_b[index]) if index < len(digits_b) else 0
+        before = parse_step(previous) if previous is not None else None
+        want_carry = 0 if index == 0 else (before[3] // 10 if before else None)
+        return (x, y, carry) == (want_x, want_y, want_carry) and total == x + y + carry
+
+    def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
+        """Right digits, carries that follow the wrong partial sums, every partial sum off by 1-3."""
+        steps, carry = [], 0
+        for gold in problem.steps:
+            x, y, _, _ = parse_step(gold)
+            wrong = max(0, x + y + carry + rng.choice([-3, -2, -1, 1, 2, 3]))
+            if wrong == x + y + carry:
+                wrong += 1
+            steps.append(f"{x}+{y}+{carry}={wrong}")
+            carry = wrong // 10
+        return tuple(steps)

@@ -1,0 +1,214 @@
+"""`gsm8k`: grade-school math in GSM8K form, from a local JSONL/Parquet file or a hub dataset.
+
+A row has `question` and `answer`; the answer's lines are the steps, with calculator
+annotations `<<expr=value>>`, and a final `#### N`. The process verifier recomputes every
+annotation with a whitelisted arithmetic evaluator (never `eval`); answers are compared with
+math-verify.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalyst_ttt.errors import UserError
+from catalyst_ttt.tasks import TASKS
+from catalyst_ttt.tasks.base import Parsed, Problem, Task
+
+FINAL = "####"
+ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
+BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+MAX_EXPONENT = 64
+
+
+class UnsafeExpression(ValueError):
+    pass
+
+
+def safe_eval(expression: str) -> float:
+    """Evaluate + - * / // % ** on numbers. Any other syntax (names, calls, attributes) raises."""
+    try:
+        tree = ast.parse(expression.replace(",", "").strip(), mode="eval")
+    except SyntaxError as err:
+        raise UnsafeExpression(f"not arithmetic: {expression!r}") from err
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+                raise UnsafeExpression("exponent too large")
+            return BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
+            return UNARY[type(node.op)](walk(node.operand))
+        raise UnsafeExpression(f"not arithmetic: {type(node).__name__}")
+
+    try:
+        return float(walk(tree))
+    except (ZeroDivisionError, OverflowError) as err:
+        raise UnsafeExpression(str(err)) from err
+
+
+def annotation_valid(expression: str, claimed: str) -> bool:
+    try:
+        value = safe_eval(expression)
+        target = float(claimed.replace(",", "").strip())
+    except (UnsafeExpression, ValueError):
+        return False
+    return abs(value - target) <= 1e-6 * max(1.0, abs(target))
+
+
+@dataclass
+class GSM8KConfig:
+    path: str | None = None  # a .jsonl/.json or .parquet file in GSM8K form
+    dataset: str | None = None  # or a Hugging Face dataset id, where a hub is reachable
+    dataset_config: str = "main"
+    dataset_split: str = "train"
+    max_steps: int = 4  # problems with more solution lines form the `shift_steps` split
+    n_train: int = 256
+    n_id: int = 64
+    n_heldout: int = 64
+    n_shift: int = 64
+    max_completion_chars: int = 400
+    seed: int = 1234
+
+
+def _load_rows(cfg: GSM8KConfig) -> list[tuple[str, dict]]:
+    """(location, row) pairs; every malformed input is a one-line UserError naming where."""
+    if cfg.path is None and cfg.dataset is None:
+        raise UserError("task gsm8k needs task.path=<file.jsonl|file.parquet> or task.dataset=<hub id>")
+    if cfg.path is None:
+        from datasets import load_dataset
+
+        try:
+            data = load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.dataset_split)
+        except Exception as err:  # noqa: BLE001 - any hub failure is the user's to fix
+            raise UserError(f"task.dataset={cfg.dataset!r} could not be loaded: {str(err).splitlines()[0]}") from None
+        return [(f"{cfg.dataset}[{i}]", row) for i, row in enumerate(data)]
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise UserError(f"task.path={cfg.path!r}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"{path}: not a readable Parquet file ({err})") from None
+        return [(f"{path}:row {i + 1}", row) for i, row in enumerate(rows)]
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        out.append((f"{path}:{number}", row))
+    return out
+
+
+def _problem(location: str, row) -> Problem:
+    if not isinstance(row, dict):
+        raise UserError(f"{location}: a row must be an object with 'question' and 'answer'")
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str):
+            raise UserError(f"{location}: row has no '{key}' string")
+    body, mark, final = row["answer"].rpartition(FINAL)
+    if not mark or not final.strip():
+        raise UserError(f"{location}: answer has no final '#### N' line")
+    steps = tuple(line.strip() for line in body.strip().splitlines() if line.strip())
+    return Problem(
+        uid=location, prompt=row["question"].strip() + "\n", steps=steps, answer=final.strip().replace(",", ""), spec={}
+    )
+
+
+@TASKS.register("gsm8k")
+class GSM8K(Task):
+    name = "gsm8k"
+    config_class = GSM8KConfig
+
+    def __init__(self, cfg: GSM8KConfig):
+        self.cfg = cfg
+        self.max_completion_chars = cfg.max_completion_chars
+        self.problems = [_problem(location, row) for location, row in _load_rows(cfg)]
+        if not self.problems:
+            raise UserError(f"task gsm8k: {cfg.path or cfg.dataset} holds no problems")
+
+    def render(self, steps, answer: str) -> str:
+        return "".join(f"{s}\n" for s in steps) + f"{FINAL} {answer}"
+
+    def parse(self, text: str) -> Parsed:
+        body, mark, tail = text.partition(FINAL)
+        steps = tuple(line.strip() for line in body.splitlines() if line.strip())
+        answer = tail.strip().split("\n")[0].strip().replace(",", "") if mark else None
+        return Parsed(steps=steps, answer=answer or None)
+
+    def answers_equal(self, predicted: str | None, gold: str) -> bool:
+        if predicted is None:
+            return False
+        if predicted == gold:
+            return True
+        from math_verify import parse, verify
+
+        try:
+            return bool(verify(parse(gold), parse(predicted)))
+        except Exception:  # noqa: BLE001 - an unparseable prediction is simply wrong
+            return False
+
+    def splits(self) -> dict[str, list[Problem]]:
+        cfg = self.cfg
+        order = random.Random(cfg.seed).sample(self.problems, len(self.problems))
+        short = [p for p in order if p.num_steps <= cfg.max_steps]
+        long = [p for p in order if p.num_steps > cfg.max_steps]
+        # id and heldout first, so the TTT prompts exist even for a small file
+        id_, heldout = short[: cfg.n_id], short[cfg.n_id : cfg.n_id + cfg.n_heldout]
+        train = short[cfg.n_id + cfg.n_heldout :][: cfg.n_train]
+        return {"train": train, "id": id_, "heldout": heldout, "shift_steps": long[: cfg.n_shift]}
+
+    def base_corpus(self) -> list[str]:
+        """Questions alone and solution lines alone: never a question followed by its solution."""
+        return [p.prompt for p in self.problems] + [s for p in self.problems for s in p.steps]
+
+    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
+        """Every calculator annotation in the step must recompute; a step without one is prose."""
+        if "<<" in step and not ANNOTATION.search(step):
+            return False
+        return all(annotation_valid(expr, value) for expr, value in ANNOTATION.findall(step))
+
+    def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
+        """The same lines with every annotated result (and its echo in the text) perturbed."""
+
+        def perturb(match: re.Match) -> str:
+            expr, value = match.group(1), match.group(2)
+            try:
+                number = float(value.replace(",", ""))
+            except ValueError:
+                return match.group(0)
+            delta = rng.choice([-3, -2, -1, 1, 2, 3]) * max(1, round(abs(number) * 0.1))
+            wrong = number + delta if number + delta >= 0 or number < 0 else number + abs(delta)  # keep the sign
+            text = str(int(wrong)) if float(wrong).is_integer() else f"{wrong:g}"
+            return f"<<{expr}={text}>>" + (text if match.group(3) else "")
+
+        steps = []
+        for step in problem.steps:
+            # `<<48/2=24>>24`: the annotation and the number the text repeats after it
+            steps.append(re.sub(r"<<([^<>=]*)=([^<>]*)>>(-?\d[\d,]*(?:\.\d+)?)?", perturb, step))
+        return tuple(steps)

@@ -1,0 +1,96 @@
+"""Weights & Biases: one run per cell. A W&B failure is reported, never fatal to local results."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import wandb
+
+log = logging.getLogger(__name__)
+STEP = "ttt/step"
+
+
+class Tracker:
+    def __init__(
+        self,
+        *,
+        mode: str,
+        project: str,
+        entity: str | None,
+        group: str,
+        job_type: str,
+        name: str,
+        config: dict,
+        directory: Path,
+    ):
+        self.run = None
+        self.mode = mode
+        if mode == "disabled":
+            return
+        try:
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                group=group,
+                job_type=job_type,
+                name=name,
+                config=config,
+                dir=str(directory),
+                mode=mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(
+                    silent=True,
+                    console="off",
+                    x_disable_stats=True,
+                    disable_git=True,
+                    x_disable_machine_info=True,
+                    save_code=False,
+                ),
+            )
+            self.run.define_metric(STEP)
+            for prefix in ("ttt/*", "ttrl/*", "traj/*"):
+                self.run.define_metric(prefix, step_metric=STEP)
+        except Exception as err:  # noqa: BLE001 - W&B must never cost the local results
+            log.warning("W&B init failed (%s); results stay local", err)
+            self.run = None
+
+    def _guard(self, action, *args, **kwargs):
+        if self.run is None:
+            return
+        try:
+            action(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B call failed (%s); results stay local", err)
+
+    def log_step(self, step: int, data: dict) -> None:
+        clean = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._guard(lambda: self.run.log({**clean, STEP: step}))
+
+    def summary(self, data: dict) -> None:
+        def update():
+            for key, value in data.items():
+                if isinstance(value, (int, float, str)) and not (isinstance(value, float) and math.isnan(value)):
+                    self.run.summary[key] = value
+
+        self._guard(update)
+
+    def table(self, key: str, rows: list[dict]) -> None:
+        if not rows:
+            return
+        columns = list(rows[0])
+        self.media({key: wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+
+    def media(self, data: dict) -> None:
+        """Tables and images, outside the TTT step axis."""
+        self._guard(lambda: self.run.log(data))
+
+    def finish(self) -> str | None:
+        """Finish the run; in offline mode, return the directory `wandb sync` needs."""
+        if self.run is None:
+            return None
+        directory = getattr(self.run.settings, "sync_dir", None)
+        self._guard(self.run.finish)
+        self.run = None
+        return directory if self.mode == "offline" else None

@@ -1,0 +1,206 @@
+"""TRL trainers for the three training phases: base pretraining, catalyst SFT, and TTT."""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+from typing import Callable
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+from catalyst_ttt.config import CellConfig
+from catalyst_ttt.signals import RewardBatch, Signal, group_majorities, majority_answer
+from catalyst_ttt.tasks.base import Problem, Task
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} is NaN at TTT step {step}")
+        self.step = step
+
+
+def _common_args(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    return dict(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,  # TRL defaults it on: a ~1M-parameter model only pays its recompute
+    )
+
+
+def sft(
+    model,
+    tokenizer,
+    dataset: Dataset,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_length: int,
+    schedule: str = "cosine",
+    callbacks: list[TrainerCallback] = (),
+) -> None:
+    """SFT in place; prompt/completion rows train on the completion only (TRL's default)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        args = SFTConfig(
+            **_common_args(scratch, steps, batch_size, lr, seed),
+            lr_scheduler_type=schedule,
+            warmup_steps=min(100, steps // 10),
+            max_length=max_length,
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+
+
+def make_reward_function(
+    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], trainer_ref: dict, fail_at: int | None
+) -> Callable:
+    """A TRL reward function for `signal`, plus TTRL diagnostics that read gold answers.
+
+    The gold answers are read here, after the signal has scored the batch; a label-free signal
+    is given unlabeled problems and no gold list.
+    """
+    uses_labels = signal.uses_labels(cfg.signal)
+    rng = random.Random(cfg.seed)
+
+    def reward(prompts, completions, completion_ids, log_metric=None, trainer_state=None, **_):
+        parsed = [task.parse(c) for c in completions]
+        items = [problems[p] for p in prompts]
+        gold = [p.answer for p in items]
+        batch = RewardBatch(
+            prompts=list(prompts),
+            completions=list(completions),
+            completion_ids=[list(c) for c in completion_ids],
+            parsed=parsed,
+            problems=items if uses_labels else [p.unlabeled() for p in items],
+            group_size=cfg.ttt.num_generations,
+            task=task,
+            model=trainer_ref["trainer"].model,
+            tokenizer=trainer_ref["tokenizer"],
+            gold=gold if uses_labels else None,
+            rng=rng,
+        )
+        rewards = signal.reward(batch, cfg.signal)
+        step = trainer_state.global_step if trainer_state is not None else 0
+        if fail_at is not None and step + 1 >= fail_at:
+            rewards = [float("nan")] * len(rewards)
+        if log_metric is not None:
+            for name, value in ttrl_diagnostics(batch, gold, rewards, task).items():
+                log_metric(name, value)
+        return rewards
+
+    reward.__name__ = signal.name
+    return reward
+
+
+def ttrl_diagnostics(batch: RewardBatch, gold: list[str], rewards: list[float], task: Task) -> dict[str, float]:
+    """label_acc: majority answer right; reward_acc: proxy reward (>= 0.5) agrees with the oracle."""
+    majorities = group_majorities(batch)
+    label_hits, ratios = [], []
+    for group in batch.groups():
+        answers = [batch.parsed[i].answer for i in group]
+        label_hits.append(float(task.answers_equal(majorities[group[0]], gold[group[0]])))
+        ratios.append(answers.count(majorities[group[0]]) / len(group) if majorities[group[0]] else 0.0)
+    oracle = [task.answers_equal(p.answer, g) for p, g in zip(batch.parsed, gold)]
+    agree = [float((r >= 0.5) == o) for r, o in zip(rewards, oracle) if not math.isnan(r)]
+    return {
+        "ttrl/label_acc": sum(label_hits) / len(label_hits),
+        "ttrl/majority_ratio": sum(ratios) / len(ratios),
+        "ttrl/reward_acc": sum(agree) / len(agree) if agree else 0.0,
+        "ttrl/oracle_acc": sum(oracle) / len(oracle),
+    }
+
+
+def grpo(
+    model,
+    tokenizer,
+    prompts: list[str],
+    reward_fn: Callable,
+    cfg: CellConfig,
+    max_completion_length: int,
+    trainer_ref: dict,
+    callbacks: list[TrainerCallback],
+) -> None:
+    """GRPO on unlabeled prompts in place; `trainer_ref` lets model-based rewards see the policy."""
+    t = cfg.ttt
+    with tempfile.TemporaryDirectory() as scratch:
+        args = GRPOConfig(
+            **_common_args(scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed),
+            num_generations=t.num_generations,
+            max_completion_length=max_completion_length,
+            temperature=t.temperature,
+            top_k=0,
+            top_p=1.0,
+            beta=t.beta,
+            lr_scheduler_type="constant",
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[reward_fn],
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer_ref.update(trainer=trainer, tokenizer=tokenizer)
+        trainer.train()
+
+
+def consensus_rows(task: Task, prompts: list[str], samples: list[list[str]]) -> list[dict]:
+    """self_sft's data: each prompt's own completions that agree with its majority answer."""
+    rows = []
+    for prompt, completions in zip(prompts, samples):
+        parsed = [task.parse(c) for c in completions]
+        majority = majority_answer([p.answer for p in parsed])
+        rows += [
+            {"prompt": prompt, "completion": c}
+            for c, p in zip(completions, parsed)
+            if majority is not None and p.answer == majority
+        ]
+    return rows
+
+
+class StepHook(TrainerCallback):
+    """Forwards trainer logs, checks for NaN, and runs `on_eval(step)` every `every` steps."""
+
+    def __init__(
+        self, on_log: Callable[[int, dict], None], on_eval: Callable[[int], None], every: int, step_offset: int = 0
+    ):
+        self.on_log_fn, self.on_eval_fn, self.every, self.offset = on_log, on_eval, every, step_offset
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        step = state.global_step + self.offset
+        logs = dict(logs or {})
+        for key in ("loss", "reward"):
+            if key in logs and isinstance(logs[key], float) and math.isnan(logs[key]):
+                raise Diverged(step, key)
+        self.on_log_fn(step, {k if k.startswith("ttrl/") else f"ttt/{k}": v for k, v in logs.items()})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step + self.offset
+        if step % self.every == 0:
+            self.on_eval_fn(step)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -1,0 +1,74 @@
+"""One cell end to end: real TRL trainers on a tiny model, real W&B offline runs."""
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from catalyst_ttt.models import char_tokenizer
+from catalyst_ttt.wandb_offline import read_offline_run
+from conftest import run
+
+
+def test_cell_runs_every_phase_and_writes_results(tiny):
+    result = run(tiny("regime=correct", "signal=majority"))
+    assert result["status"] == "done", result.get("error")
+    cell = Path(result["config"]["runs_dir"]) / "single" / result["cell"]
+    on_disk = json.loads((cell / "result.json").read_text())
+    assert on_disk["metrics"] == result["metrics"]
+    splits = {"id", "heldout", "shift_compose", "shift_length", "shift_steps", "shift_format"}
+    assert set(on_disk["metrics"]) == splits
+    for metrics in on_disk["metrics"].values():
+        assert {"acc/greedy", "acc/mean@4", "acc/maj@4", "acc/pass@4"} <= set(metrics)
+        assert metrics["acc/pass@4"] >= metrics["acc/mean@4"] - 1e-9
+    assert (cell / "config.yaml").exists() and (cell / "trajectory.json").exists()
+    assert on_disk["phases"]["catalyst"] in ("trained", "cached")
+    assert not list(cell.glob(".*.tmp"))
+
+
+def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
+    result = run(tiny("regime=correct", "signal=majority", "sweep=wb", wandb="offline"))
+    offline = read_offline_run(Path(result["wandb_dir"]))
+    assert offline.run["name"] == result["cell"]
+    assert offline.run["group"] == "wb" and offline.run["job_type"] == "majority"
+    assert offline.config["regime"]["name"] == "correct"
+    rewards = offline.series("ttt/reward")
+    assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
+    assert offline.series("ttt/step")
+    for split, metrics in result["metrics"].items():
+        assert offline.summary[f"{split}/acc/greedy"] == metrics["acc/greedy"]
+        assert offline.summary[f"{split}/acc/maj@4"] == metrics["acc/maj@4"]
+
+
+def test_same_seed_same_metrics(tiny, tmp_path):
+    first = run(tiny("signal=majority", runs=tmp_path / "a", cache=tmp_path / "ca"))
+    second = run(tiny("signal=majority", runs=tmp_path / "b", cache=tmp_path / "cb"))
+    assert first["status"] == second["status"] == "done"
+    assert first["metrics"] == second["metrics"]
+    assert first["stab"] == second["stab"] and first["ig"] == second["ig"]
+
+
+def test_hf_model_from_a_local_directory(tiny, tmp_path):
+    tokenizer = char_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    model.save_pretrained(tmp_path / "local_llama")
+    tokenizer.save_pretrained(tmp_path / "local_llama")
+    result = run(tiny("model=hf", f"model.name_or_path={tmp_path / 'local_llama'}", "signal=majority"))
+    assert result["status"] == "done", result.get("error")
+    assert result["phases"]["base"] == "pretrained"
+    assert result["cell"].startswith("alchemy-local_llama-")
+    assert set(result["metrics"]["id"]) >= {"acc/greedy", "process/step_validity"}

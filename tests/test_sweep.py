@@ -1,0 +1,111 @@
+"""Sweeps through real Hydra multiruns: resume after SIGKILL, parallel jobs, divergence, Ray."""
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from catalyst_ttt.sweep import load_sweep
+from conftest import CTTT, cttt
+
+
+def _results(runs: Path, sweep: str) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (runs / sweep).glob("*/result.json")}
+
+
+def _trainings(cache: Path) -> Counter:
+    return Counter(json.loads(line)["kind"] for line in (cache / "trainings.jsonl").read_text().splitlines())
+
+
+def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path):
+    done = cttt("sweep", "smoke", "--dry-run", f"runs_dir={tmp_path}/runs", f"cache_dir={tmp_path}/cache", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "4 cells" in done.stdout and "0/4 cells done" in done.stdout and "to train" in done.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_cli_overrides_narrow_and_add_axes():
+    sweep = load_sweep("smoke", ["regime=swapped", "seed=0,1", "ttt.steps=2"])
+    assert "regime=swapped" in sweep.fixed and "regime" not in sweep.axes
+    assert sweep.axes["seed"] == ["0", "1"] and "ttt.steps=2" in sweep.fixed
+    assert len(sweep.grid()) == 4
+
+
+@pytest.mark.slow
+def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    args = [CTTT, "sweep", "smoke", f"runs_dir={runs}", f"cache_dir={cache}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    try:  # wait until one cell is finished and another is mid-training
+        while time.time() < deadline:
+            done = _results(runs, "smoke")
+            running = [json.loads(p.read_text()) for p in (runs / "smoke").glob("*/status.json")] if runs.exists() else []
+            if done and any(s["phase"] in ("catalyst", "ttt") for s in running if s["phase"] != "done"):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep never reached a second cell")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {cell: (r["status"], (runs / "smoke" / cell / "result.json").stat().st_mtime_ns)
+              for cell, r in _results(runs, "smoke").items()}
+    assert before and all(status == "done" for status, _ in before.values())
+
+    again = cttt("sweep", "smoke", f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = _results(runs, "smoke")
+    assert len(after) == 4 and all(r["status"] == "done" for r in after.values())
+    for cell, (_, mtime) in before.items():  # finished cells were skipped, not retrained
+        assert (runs / "smoke" / cell / "result.json").stat().st_mtime_ns == mtime
+    for path in list(runs.rglob("*.json")) + list(cache.rglob("*.json")):
+        json.loads(path.read_text())  # nothing corrupt
+    assert _trainings(cache)["base"] == 1  # the base finished before the kill and was reused
+    assert not [p for p in cache.rglob(".*.tmp-*")]  # no half checkpoint left where it could be trusted
+    for kind in ("base", "catalyst"):
+        for checkpoint in (cache / kind).iterdir():
+            if checkpoint.is_dir():
+                assert (checkpoint / "model.safetensors").exists() and (checkpoint / "key.json").exists()
+
+
+@pytest.mark.slow
+def test_parallel_jobs_train_the_base_once_and_a_diverging_cell_does_not_stop_the_sweep(tmp_path):
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    done = cttt("sweep", "smoke", "--jobs", "2", "signal=majority", "fail_at=null,nan@2",
+                f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = _results(runs, "smoke")
+    assert len(results) == 4
+    statuses = Counter((r["config"]["fail_at"] is not None, r["status"]) for r in results.values())
+    assert statuses == {(True, "diverged"): 2, (False, "done"): 2}
+    assert all(r["diverged_step"] == 2 for r in results.values() if r["status"] == "diverged")
+    trainings = _trainings(cache)
+    assert trainings["base"] == 1  # two jobs needed it at once; the lock let one train it
+    assert trainings["catalyst"] == 1  # regime correct, one seed
+    assert {r["host"] for r in results.values()}  # recorded where each ran
+    assert {r["config"]["threads"] for r in results.values()} == {1}  # torch threads divided between jobs
+
+
+@pytest.mark.slow
+def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        runs, cache = tmp_path / "runs", tmp_path / "cache"
+        done = cttt("sweep", "smoke", "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={cluster.address}",
+                    "threads=1", f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        results = _results(runs, "smoke")
+        assert len(results) == 4 and all(r["status"] == "done" for r in results.values())
+        assert _trainings(cache)["base"] == 1
+    finally:
+        cluster.shutdown()
