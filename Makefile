@@ -14,8 +14,9 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-sweep: $(INSTALLED)  ## the default study on the embedded task and tiny model
+sweep: $(INSTALLED)  ## the default study on the embedded task and tiny model, then its report
 	$(BIN)/cttt sweep default
+	$(BIN)/cttt report default
 
 test: $(INSTALLED)  ## the full suite (what CI runs)
 	$(BIN)/pytest -q

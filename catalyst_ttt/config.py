@@ -60,13 +60,13 @@ class CatalystConfig:
 
 @dataclass
 class TTTConfig:
-    steps: int = 30
+    steps: int = 20
     prompts_per_step: int = 4
     num_generations: int = 8
     lr: float = 1e-4
     beta: float = 0.0
     temperature: float = 1.0
-    eval_every: int = 10
+    eval_every: int = 5
 
 
 @dataclass
@@ -74,8 +74,8 @@ class EvalConfig:
     k: int = 4  # samples per prompt for mean@k, maj@k, pass@k
     temperature: float = 1.0
     batch_size: int = 256
-    max_per_split: int = 128
-    trajectory_size: int = 48  # items of id and of heldout evaluated every eval_every steps
+    max_per_split: int = 64
+    trajectory_size: int = 32  # items of id and of heldout evaluated every eval_every steps
     trajectory: bool = True
 
 

@@ -102,6 +102,8 @@ def make_reward_function(
         step = trainer_state.global_step if trainer_state is not None else 0
         if fail_at is not None and step + 1 >= fail_at:
             rewards = [float("nan")] * len(rewards)
+        if any(math.isnan(r) for r in rewards):  # TRL would read NaN as "abstain" and train on
+            raise Diverged(step + 1, f"{signal.name} reward")
         if log_metric is not None:
             for name, value in ttrl_diagnostics(batch, gold, rewards, task).items():
                 log_metric(name, value)

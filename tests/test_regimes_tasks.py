@@ -214,7 +214,7 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
             "task.n_id=8",
             "task.n_heldout=8",
             "task.n_train=40",
-            "task.max_completion_chars=120",
+            "task.max_completion_chars=100",
             "model.max_positions=320",
         ]
     elif task_name == "arith":
@@ -226,12 +226,9 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
             "task.n_base_facts=200",
             "task.n_base_answer_only=100",
         ]
-    overrides = [
-        o
-        for o in tiny(f"task={task_name}", f"regime={regime}", "signal=none", *extra)
-        if task_name == "alchemy" or not o.startswith("task.n_base")
-    ]
-    result = run(overrides)
+    # sweeps/smoke.yaml's task.* keys are alchemy's; the other tasks bring their own
+    smoke = tiny(f"task={task_name}", f"regime={regime}", "signal=none")
+    result = run([o for o in smoke if task_name == "alchemy" or not o.startswith("task.")] + extra)
     assert result["status"] == "done", result.get("error")
-    assert result["phases"]["catalyst"] == ("skipped" if regime == "none" else result["phases"]["catalyst"])
-    assert "id" in result["metrics"]
+    assert result["phases"]["catalyst"] in (("skipped",) if regime == "none" else ("trained", "cached"))
+    assert set(result["metrics"]) >= {"id", "heldout"}

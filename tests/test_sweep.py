@@ -96,12 +96,14 @@ def test_parallel_jobs_train_the_base_once_and_a_diverging_cell_does_not_stop_th
 def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path):
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args=loopback | {"include_dashboard": False})
     try:
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(**loopback)  # a second node: head + worker, both on loopback
         cluster.wait_for_nodes()
+        assert cluster.address.startswith("127.0.0.1:")
         runs, cache = tmp_path / "runs", tmp_path / "cache"
-        done = cttt("sweep", "smoke", "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={cluster.address}",
+        done = cttt("sweep", "smoke", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={cluster.address}",
                     "threads=1", f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         results = _results(runs, "smoke")

@@ -11,10 +11,7 @@ import random
 from dataclasses import dataclass, field
 
 from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import Problem, Task
-
-NOISE_CHAR = "_"
-
+from catalyst_ttt.tasks.base import Problem, Task, insert_noise, sample_unique
 
 def _shift_letters(element: str, by: int, alphabet_size: int) -> str:
     return "".join(chr(ord("A") + (ord(c) - ord("A") + by) % alphabet_size) for c in element)
@@ -89,7 +86,6 @@ class Alchemy(Task):
         n_held = round(len(multi) * cfg.heldout_composition_frac)
         self.heldout_compositions = set(rng.sample(multi, n_held))
         self.seen_compositions = [c for c in compositions if c not in self.heldout_compositions]
-        self._rng = rng
 
     # -- problems -------------------------------------------------------------------------
 
@@ -102,27 +98,18 @@ class Alchemy(Task):
             nxt = apply_op(op, current, self.cfg.alphabet_size)
             steps.append(format_step(op, current, nxt))
             current = nxt
-        prompt = f"{start} {','.join(ops)}:"
+        prompt = f"{start} {','.join(ops)}"
         if noise_rng is not None:
-            chars = list(prompt[:-1])  # keep the closing ':' where the model expects it
-            for _ in range(self.cfg.noise_chars):
-                chars.insert(noise_rng.randrange(len(chars) + 1), NOISE_CHAR)
-            prompt = "".join(chars) + ":"
+            prompt = insert_noise(prompt, noise_rng, self.cfg.noise_chars)
+        prompt += ":"  # after any noise: the closing ':' stays where the model expects it
         uid = f"{start}:{'.'.join(ops)}" + (":noisy" if noise_rng else "")
         return Problem(
             uid=uid, prompt=prompt, steps=tuple(steps), answer=current, spec={"start": start, "ops": list(ops)}
         )
 
     def _sample(self, rng, n, compositions, length, taken: set, noisy=False) -> list[Problem]:
-        problems = []
-        while len(problems) < n:
-            start = self._element(rng, length)
-            ops = rng.choice(compositions)
-            if (start, ops) in taken:
-                continue
-            taken.add((start, ops))
-            problems.append(self.make_problem(start, ops, rng if noisy else None))
-        return problems
+        keys = sample_unique(rng, n, lambda r: (self._element(r, length), r.choice(compositions)), taken)
+        return [self.make_problem(start, ops, rng if noisy else None) for start, ops in keys]
 
     def splits(self) -> dict[str, list[Problem]]:
         cfg, taken = self.cfg, set()

@@ -10,10 +10,7 @@ import random
 from dataclasses import dataclass
 
 from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import Problem, Task
-
-NOISE_CHAR = "_"
-
+from catalyst_ttt.tasks.base import Problem, Task, insert_noise, sample_unique
 
 @dataclass
 class ArithConfig:
@@ -66,10 +63,7 @@ class Arith(Task):
     def make_problem(self, a: int, b: int, noise_rng: random.Random | None = None) -> Problem:
         prompt = f"{a}+{b}"
         if noise_rng is not None:
-            chars = list(prompt)
-            for _ in range(self.cfg.noise_chars):
-                chars.insert(noise_rng.randrange(len(chars) + 1), NOISE_CHAR)
-            prompt = "".join(chars)
+            prompt = insert_noise(prompt, noise_rng, self.cfg.noise_chars)
         return Problem(
             uid=f"{a}+{b}" + (":noisy" if noise_rng else ""),
             prompt=prompt + ":",
@@ -80,14 +74,8 @@ class Arith(Task):
 
     def _sample(self, rng, n, digits, taken, noisy=False) -> list[Problem]:
         low, high = 10 ** (digits - 1), 10**digits - 1
-        problems = []
-        while len(problems) < n:
-            a, b = rng.randint(low, high), rng.randint(low, high)
-            if (a, b) in taken:
-                continue
-            taken.add((a, b))
-            problems.append(self.make_problem(a, b, rng if noisy else None))
-        return problems
+        keys = sample_unique(rng, n, lambda r: (r.randint(low, high), r.randint(low, high)), taken)
+        return [self.make_problem(a, b, rng if noisy else None) for a, b in keys]
 
     def splits(self) -> dict[str, list[Problem]]:
         cfg, taken = self.cfg, set()

@@ -9,6 +9,25 @@ from dataclasses import dataclass, field, replace
 # The default completion format: steps separated by STEP_SEP, then ANSWER_MARK and the answer.
 STEP_SEP = ";"
 ANSWER_MARK = "#"
+NOISE_CHAR = "_"  # inserted into prompts for the `shift_format` split (DataAlchemy's format shift)
+
+
+def insert_noise(text: str, rng: random.Random, count: int) -> str:
+    chars = list(text)
+    for _ in range(count):
+        chars.insert(rng.randrange(len(chars) + 1), NOISE_CHAR)
+    return "".join(chars)
+
+
+def sample_unique(rng: random.Random, n: int, draw, taken: set) -> list:
+    """n keys from `draw(rng)` that no earlier call took: splits never share a problem."""
+    keys = []
+    while len(keys) < n:
+        key = draw(rng)
+        if key not in taken:
+            taken.add(key)
+            keys.append(key)
+    return keys
 
 
 @dataclass(frozen=True)
