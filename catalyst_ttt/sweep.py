@@ -6,7 +6,7 @@ import itertools
 import os
 import sys
 import threading
-import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from catalyst_ttt.results import RESULT, STATUS, read_json
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 SWEEP_KEYS = {"description", "axes", "overrides"}
+FINISHED = ("done", "diverged", "failed")
 
 
 @dataclass
@@ -126,8 +127,7 @@ def hydra_cell(cfg: DictConfig) -> str:
 
 def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
     """Run the multirun with a live progress view; returns the count of cells per final state."""
-    done_before = sum(c.state() in ("done", "diverged") for c in cells)
-    monitor = Monitor(cells, console, done_before)
+    monitor = Monitor(cells, console)
     argv, sys.argv = sys.argv, sweep.multirun_argv()
     monitor.start()
     try:
@@ -141,7 +141,7 @@ def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
 class Monitor:
     """Polls the results store (shared by every launcher) and draws progress with an ETA."""
 
-    def __init__(self, cells: list[Cell], console: Console, done_before: int):
+    def __init__(self, cells: list[Cell], console: Console):
         self.cells, self.console = cells, console
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -155,22 +155,25 @@ class Monitor:
             console=console,
             transient=False,
         )
-        self.task = self.progress.add_task("cells", total=len(cells), completed=done_before, states="", current="")
+        self._reported = {c.id for c in cells if c.state() in FINISHED}  # finished before this launch
+        self.task = self.progress.add_task(
+            "cells", total=len(cells), completed=len(self._reported), states="", current=""
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for cell in self.cells:
-            state = cell.state().split(":")[0]
-            counts[state] = counts.get(state, 0) + 1
-        return counts
+        return dict(Counter(c.state().split(":")[0] for c in self.cells))
 
     def refresh(self) -> None:
         states = {c.id: c.state() for c in self.cells}
-        finished = sum(s in ("done", "diverged", "failed") for s in states.values())
+        tally = Counter(s.split(":")[0] for s in states.values())
+        finished = sum(tally[s] for s in FINISHED)
+        for cid, state in states.items():  # one line per finished cell: readable in logs too
+            if state in FINISHED and cid not in self._reported:
+                self._reported.add(cid)
+                self.progress.console.print(f"[{finished}/{len(states)}] {state:<8} {cid}", highlight=False)
         running = [f"{cid} [{s.split(':')[1]}]" for cid, s in states.items() if s.startswith("running")]
-        tally = self.counts()
         summary = " ".join(f"{k}={tally.get(k, 0)}" for k in ("done", "running", "failed", "diverged"))
         self.progress.update(self.task, completed=finished, states=summary, current=", ".join(running[:2]))
 
@@ -187,12 +190,3 @@ class Monitor:
         self._thread.join()
         self.refresh()
         self.progress.stop()
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()

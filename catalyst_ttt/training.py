@@ -56,6 +56,8 @@ def sft(
     callbacks: list[TrainerCallback] = (),
 ) -> None:
     """SFT in place; prompt/completion rows train on the completion only (TRL's default)."""
+    if steps == 0:  # HF reads max_steps=0 as "train for num_train_epochs" instead
+        return
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
             **_common_args(scratch, steps, batch_size, lr, seed),
@@ -122,11 +124,11 @@ def ttrl_diagnostics(batch: RewardBatch, gold: list[str], rewards: list[float], 
         label_hits.append(float(task.answers_equal(majorities[group[0]], gold[group[0]])))
         ratios.append(answers.count(majorities[group[0]]) / len(group) if majorities[group[0]] else 0.0)
     oracle = [task.answers_equal(p.answer, g) for p, g in zip(batch.parsed, gold)]
-    agree = [float((r >= 0.5) == o) for r, o in zip(rewards, oracle) if not math.isnan(r)]
+    agree = [float((r >= 0.5) == o) for r, o in zip(rewards, oracle)]
     return {
         "ttrl/label_acc": sum(label_hits) / len(label_hits),
         "ttrl/majority_ratio": sum(ratios) / len(ratios),
-        "ttrl/reward_acc": sum(agree) / len(agree) if agree else 0.0,
+        "ttrl/reward_acc": sum(agree) / len(agree),
         "ttrl/oracle_acc": sum(oracle) / len(oracle),
     }
 

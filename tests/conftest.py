@@ -23,8 +23,17 @@ CTTT = str(Path(sys.executable).with_name("cttt"))
 SMOKE = [o for o in load_sweep("smoke", []).fixed if not o.startswith("sweep=")]
 # Short elements and at most two ops: a small model learns the format in seconds.
 TASK = Alchemy(
-    AlchemyConfig(length=2, max_ops=2, n_train=300, n_id=8, n_heldout=8, n_shift=4, n_base_single=10,
-                  n_base_chain=10, n_base_answer_only=10)
+    AlchemyConfig(
+        length=2,
+        max_ops=2,
+        n_train=300,
+        n_id=8,
+        n_heldout=8,
+        n_shift=4,
+        n_base_single=10,
+        n_base_chain=10,
+        n_base_answer_only=10,
+    )
 )
 SPLITS = TASK.splits()
 

@@ -1,4 +1,5 @@
 """`cttt report` on a real smoke sweep and on hand-written results."""
+
 import json
 import struct
 from pathlib import Path
@@ -17,8 +18,15 @@ from fakes import fake_result
 def smoke_store(tmp_path_factory) -> Path:
     """A results store made by a real smoke sweep (Hydra multirun, TRL, tiny model)."""
     root = tmp_path_factory.mktemp("smoke")
-    done = cttt("sweep", "smoke", "seed=0,1", f"runs_dir={root}/runs", f"cache_dir={root}/cache",
-                "wandb.mode=disabled", cwd=root)
+    done = cttt(
+        "sweep",
+        "smoke",
+        "seed=0,1",
+        f"runs_dir={root}/runs",
+        f"cache_dir={root}/cache",
+        "wandb.mode=disabled",
+        cwd=root,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return root / "runs"
 
@@ -36,14 +44,20 @@ def test_report_of_a_real_sweep_matches_the_cells(smoke_store):
     cells = [json.loads(p.read_text()) for p in (smoke_store / "smoke").glob("*/result.json")]
     assert len(cells) == 8
     for group in report.groups:
-        mine = [c for c in cells if c["axes"]["regime"] == group.key["regime"]
-                and c["axes"]["signal"] == group.key["signal"]]
+        mine = [
+            c
+            for c in cells
+            if c["axes"]["regime"] == group.key["regime"] and c["axes"]["signal"] == group.key["signal"]
+        ]
         finals = [c["metrics"]["id"]["acc/greedy"] for c in mine]
         assert group.stats["final"]["n"] == len(mine) == 2
         assert group.stats["final"]["mean"] == pytest.approx(sum(finals) / len(finals))
         assert group.stats["ignition"]["mean"] == pytest.approx(sum(c["ignition"] for c in mine) / len(mine))
-        row = next(line for line in (directory / "report.md").read_text().splitlines()
-                   if line.startswith(f"| {group.key['regime']} | {group.key['signal']} |"))
+        row = next(
+            line
+            for line in (directory / "report.md").read_text().splitlines()
+            if line.startswith(f"| {group.key['regime']} | {group.key['signal']} |")
+        )
         assert f"{group.stats['final']['mean']:.3f} ± {group.stats['final']['ci95']:.3f}" in row
     for name in ("trajectories", "ignition_vs_stability", "process_and_ig", "shifts"):
         width, height = _png_size(directory / f"{name}.png")
@@ -55,9 +69,11 @@ def test_report_of_a_real_sweep_matches_the_cells(smoke_store):
 def _hand_store(runs: Path, collapsing: str, holding: str) -> None:
     """`collapsing` drops from 0.6 to 0.2 with 90% collapse; `holding` keeps 0.6 -> 0.65."""
     for seed in (0, 1, 2):
-        results = [fake_result("correct", collapsing, seed, 0.6, 0.2 + 0.01 * seed, drawdown=0.4, collapse=0.9),
-                   fake_result("correct", holding, seed, 0.6, 0.65 + 0.01 * seed),
-                   fake_result("none", "none", seed, 0.05, 0.05)]
+        results = [
+            fake_result("correct", collapsing, seed, 0.6, 0.2 + 0.01 * seed, drawdown=0.4, collapse=0.9),
+            fake_result("correct", holding, seed, 0.6, 0.65 + 0.01 * seed),
+            fake_result("none", "none", seed, 0.05, 0.05),
+        ]
         for result in results:
             result["config"]["wandb"] = {"mode": "disabled", "project": "p", "entity": None}
             write_json(runs / "hand" / f"{result['cell']}" / "result.json", result)

@@ -1,4 +1,5 @@
 """Sweeps through real Hydra multiruns: resume after SIGKILL, parallel jobs, divergence, Ray."""
+
 import json
 import os
 import signal
@@ -39,13 +40,16 @@ def test_cli_overrides_narrow_and_add_axes():
 def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     args = [CTTT, "sweep", "smoke", f"runs_dir={runs}", f"cache_dir={cache}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     try:  # wait until one cell is finished and another is mid-training
         while time.time() < deadline:
             done = _results(runs, "smoke")
-            running = [json.loads(p.read_text()) for p in (runs / "smoke").glob("*/status.json")] if runs.exists() else []
+            running = (
+                [json.loads(p.read_text()) for p in (runs / "smoke").glob("*/status.json")] if runs.exists() else []
+            )
             if done and any(s["phase"] in ("catalyst", "ttt") for s in running if s["phase"] != "done"):
                 break
             time.sleep(0.2)
@@ -54,8 +58,10 @@ def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = {cell: (r["status"], (runs / "smoke" / cell / "result.json").stat().st_mtime_ns)
-              for cell, r in _results(runs, "smoke").items()}
+    before = {
+        cell: (r["status"], (runs / "smoke" / cell / "result.json").stat().st_mtime_ns)
+        for cell, r in _results(runs, "smoke").items()
+    }
     assert before and all(status == "done" for status, _ in before.values())
 
     again = cttt("sweep", "smoke", f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
@@ -77,8 +83,17 @@ def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
 @pytest.mark.slow
 def test_parallel_jobs_train_the_base_once_and_a_diverging_cell_does_not_stop_the_sweep(tmp_path):
     runs, cache = tmp_path / "runs", tmp_path / "cache"
-    done = cttt("sweep", "smoke", "--jobs", "2", "signal=majority", "fail_at=null,nan@2",
-                f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
+    done = cttt(
+        "sweep",
+        "smoke",
+        "--jobs",
+        "2",
+        "signal=majority",
+        "fail_at=null,nan@2",
+        f"runs_dir={runs}",
+        f"cache_dir={cache}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     results = _results(runs, "smoke")
     assert len(results) == 4
@@ -93,9 +108,12 @@ def test_parallel_jobs_train_the_base_once_and_a_diverging_cell_does_not_stop_th
 
 
 @pytest.mark.slow
-def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path):
+def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
+    # Ray rewrites 127.0.0.1 to the host's interface address unless told this is a local-only
+    # cluster; with this flag every node, the driver and the workers stay on loopback.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args=loopback | {"include_dashboard": False})
     try:
@@ -103,8 +121,16 @@ def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path):
         cluster.wait_for_nodes()
         assert cluster.address.startswith("127.0.0.1:")
         runs, cache = tmp_path / "runs", tmp_path / "cache"
-        done = cttt("sweep", "smoke", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={cluster.address}",
-                    "threads=1", f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
+        done = cttt(
+            "sweep",
+            "smoke",
+            "hydra/launcher=ray_cluster",
+            f"hydra.launcher.ray.init.address={cluster.address}",
+            "threads=1",
+            f"runs_dir={runs}",
+            f"cache_dir={cache}",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         results = _results(runs, "smoke")
         assert len(results) == 4 and all(r["status"] == "done" for r in results.values())

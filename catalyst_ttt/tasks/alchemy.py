@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from catalyst_ttt.tasks import TASKS
 from catalyst_ttt.tasks.base import Problem, Task, insert_noise, sample_unique
 
+
 def _shift_letters(element: str, by: int, alphabet_size: int) -> str:
     return "".join(chr(ord("A") + (ord(c) - ord("A") + by) % alphabet_size) for c in element)
 

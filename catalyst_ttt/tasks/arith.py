@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from catalyst_ttt.tasks import TASKS
 from catalyst_ttt.tasks.base import Problem, Task, insert_noise, sample_unique
 
+
 @dataclass
 class ArithConfig:
     digits: int = 3
