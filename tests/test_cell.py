@@ -3,10 +3,6 @@
 import json
 from pathlib import Path
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from catalyst_ttt.models import char_tokenizer
 from catalyst_ttt.wandb_offline import read_offline_run
 from conftest import run
 
@@ -39,6 +35,25 @@ def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
     for split, metrics in result["metrics"].items():
         assert offline.summary[f"{split}/acc/greedy"] == metrics["acc/greedy"]
         assert offline.summary[f"{split}/acc/maj@4"] == metrics["acc/maj@4"]
+    for key in (
+        "ig/total",
+        "ig/per_step",
+        "ig/wu_ppl",
+        "process/step_validity",
+        "process/faithful_acc",
+        "stab/start",
+        "stab/final",
+        "stab/drawdown",
+        "stab/flips_c2w",
+        "stab/collapse",
+    ):
+        assert key in offline.summary, key
+    trajectory = json.loads(
+        (Path(result["config"]["runs_dir"]) / "wb" / result["cell"] / "trajectory.json").read_text()
+    )
+    assert [row["step"] for row in trajectory] == [0, 2, 4]  # step 0, every eval_every=2, the end
+    assert all(len(row["id"]["correct"]) == 6 for row in trajectory)  # per item, for flips
+    assert offline.series("traj/id/acc") == [row["id"]["acc"] for row in trajectory]
 
 
 def test_same_seed_same_metrics(tiny, tmp_path):
@@ -49,25 +64,8 @@ def test_same_seed_same_metrics(tiny, tmp_path):
     assert first["stab"] == second["stab"] and first["ig"] == second["ig"]
 
 
-def test_hf_model_from_a_local_directory(tiny, tmp_path):
-    tokenizer = char_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    model.save_pretrained(tmp_path / "local_llama")
-    tokenizer.save_pretrained(tmp_path / "local_llama")
-    result = run(tiny("model=hf", f"model.name_or_path={tmp_path / 'local_llama'}", "signal=majority"))
+def test_hf_model_from_a_local_directory(tiny, local_hf_model):
+    result = run(tiny("model=hf", f"model.name_or_path={local_hf_model}", "signal=majority"))
     assert result["status"] == "done", result.get("error")
     assert result["phases"]["base"] == "pretrained"
     assert result["cell"].startswith("alchemy-local_llama-")

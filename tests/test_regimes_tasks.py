@@ -232,3 +232,22 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
     assert result["status"] == "done", result.get("error")
     assert result["phases"]["catalyst"] in (("skipped",) if regime == "none" else ("trained", "cached"))
     assert set(result["metrics"]) >= {"id", "heldout"}
+
+
+def test_gsm8k_end_to_end_with_a_local_hf_model(tiny, tmp_path, local_hf_model):
+    path = write_jsonl(tmp_path / "gsm.jsonl", gsm8k_rows(40) + [REAL_GSM8K, REAL_GSM8K_2])
+    smoke = [
+        o
+        for o in tiny(
+            "task=gsm8k", "model=hf", f"model.name_or_path={local_hf_model}", "regime=correct", "signal=process"
+        )
+        if not o.startswith("task.")
+    ]
+    result = run(
+        smoke
+        + [f"task.path={path}", "task.n_id=6", "task.n_heldout=6", "task.n_train=20", "task.max_completion_chars=60"]
+    )
+    assert result["status"] == "done", result.get("error")
+    assert result["phases"] == {"base": "pretrained", "catalyst": "trained"}
+    assert set(result["metrics"]) == {"id", "heldout", "shift_steps"}
+    assert result["cell"].startswith("gsm8k-local_llama-correct-process-")
