@@ -16,7 +16,7 @@ from conftest import cttt
         (["run", "ttt.stepz=3"], "unknown key 'ttt.stepz'; valid keys of ttt: steps"),
         (["run", "signal=verifree", "signal.reference=nope"], "valid: majority, gold"),
         (["run", "model=hf", "model.name_or_path=./missing"], "no model there"),
-        (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, smoke"),
+        (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, full, smoke"),
         (["sweep", "smoke", "regime=none,nope"], "unknown regime 'nope'"),
         (["sweep", "smoke", "--jobs", "0"], "--jobs 0 is not valid"),
     ],
