@@ -66,44 +66,27 @@ def bare_trl_seconds() -> float:
         logging_steps=1,
     )
     with tempfile.TemporaryDirectory() as out:
-        _train(
-            SFTTrainer(
-                model=model,
-                processing_class=tokenizer,
-                train_dataset=Dataset.from_dict({"text": task.base_corpus()}),
-                args=SFTConfig(
-                    output_dir=out,
-                    max_steps=cfg.base.steps,
-                    per_device_train_batch_size=cfg.base.batch_size,
-                    learning_rate=cfg.base.lr,
-                    lr_scheduler_type="cosine",
-                    warmup_steps=cfg.base.steps // 10,
-                    max_length=cfg.model.max_positions,
-                    seed=cfg.base.seed,
-                    **common,
-                ),
+
+        def sft_phase(dataset, steps, batch_size, lr, seed):
+            args = SFTConfig(
+                output_dir=out,
+                max_steps=steps,
+                per_device_train_batch_size=batch_size,
+                learning_rate=lr,
+                lr_scheduler_type="cosine",
+                warmup_steps=steps // 10,
+                max_length=cfg.model.max_positions,
+                seed=seed,
+                **common,
             )
-        )
+            _train(SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args))
+
+        base = cfg.base
+        sft_phase(Dataset.from_dict({"text": task.base_corpus()}), base.steps, base.batch_size, base.lr, base.seed)
         sample = random.Random(cfg.seed).sample(splits["train"], cfg.catalyst.n)
         rows = [{"prompt": p.prompt, "completion": task.render(p.steps, p.answer)} for p in sample]
-        _train(
-            SFTTrainer(
-                model=model,
-                processing_class=tokenizer,
-                train_dataset=Dataset.from_list(rows),
-                args=SFTConfig(
-                    output_dir=out,
-                    max_steps=cfg.catalyst.steps,
-                    per_device_train_batch_size=cfg.catalyst.batch_size,
-                    learning_rate=cfg.catalyst.lr,
-                    lr_scheduler_type="cosine",
-                    warmup_steps=cfg.catalyst.steps // 10,
-                    max_length=cfg.model.max_positions,
-                    seed=cfg.seed,
-                    **common,
-                ),
-            )
-        )
+        catalyst = cfg.catalyst
+        sft_phase(Dataset.from_list(rows), catalyst.steps, catalyst.batch_size, catalyst.lr, cfg.seed)
 
         def majority(prompts, completions, **_):
             answers = [task.parse(c).answer for c in completions]

@@ -81,23 +81,10 @@ def cttt(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProce
 @pytest.fixture(scope="session")
 def local_hf_model(tmp_path_factory) -> Path:
     """A tiny random Llama and its tokenizer saved to a local directory, for `model=hf`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     directory = tmp_path_factory.mktemp("hf") / "local_llama"
     tokenizer = char_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    shape = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=512)
+    new_tiny_model(shape, tokenizer, seed=0).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
