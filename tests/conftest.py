@@ -1,6 +1,5 @@
+import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,42 +9,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from datasets import Dataset  # noqa: E402
 
-from catalyst_ttt.config import compose_cell  # noqa: E402
 from catalyst_ttt.models import ModelConfig, char_tokenizer, new_tiny_model  # noqa: E402
-from catalyst_ttt.pipeline import run_cell  # noqa: E402
 from catalyst_ttt.regimes import REGIMES  # noqa: E402
-from catalyst_ttt.sweep import load_sweep  # noqa: E402
-from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig  # noqa: E402
 from catalyst_ttt.training import sft  # noqa: E402
-
-CTTT = str(Path(sys.executable).with_name("cttt"))
-# sweeps/smoke.yaml's settings: a cell that runs in seconds.
-SMOKE = [o for o in load_sweep("smoke", []).fixed if not o.startswith("sweep=")]
-# Short elements and at most two ops: a small model learns the format in seconds.
-TASK = Alchemy(
-    AlchemyConfig(
-        length=2,
-        max_ops=2,
-        n_train=300,
-        n_id=8,
-        n_heldout=8,
-        n_shift=4,
-        n_base_single=10,
-        n_base_chain=10,
-        n_base_answer_only=10,
-    )
-)
-SPLITS = TASK.splits()
+from helpers.cells import SMOKE, SPLITS, TASK  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def taught():
+def taught_once():
     """A tiny model SFT'd on correct alchemy traces until it writes the format, with mixed answers."""
     tokenizer = char_tokenizer()
     model = new_tiny_model(ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), tokenizer, 0)
     rows = REGIMES.get("correct")(SPLITS["train"], TASK, None, 0)
     sft(model, tokenizer, Dataset.from_list(rows), steps=200, batch_size=32, lr=3e-3, seed=0, max_length=96)
     return model, tokenizer
+
+
+@pytest.fixture
+def taught(taught_once):
+    """A private copy of the taught model: tests that train it never change what the next test sees."""
+    model, tokenizer = taught_once
+    return copy.deepcopy(model), tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +52,6 @@ def tiny(tmp_path, shared_cache):
         ]
 
     return make
-
-
-def run(overrides: list[str]) -> dict:
-    return run_cell(compose_cell(overrides))
-
-
-def cttt(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([CTTT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from catalyst_ttt.wandb_offline import read_offline_run
-from conftest import run
+from helpers.cells import run
+from helpers.wandb_offline import read_offline_run
 
 
 def test_cell_runs_every_phase_and_writes_results(tiny):

@@ -2,7 +2,7 @@ import pytest
 from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
-from conftest import cttt
+from helpers.cells import cttt
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.aggregate import aggregate
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.stability import mean_ci, stability_verdict, trajectory_stability
-from conftest import SPLITS, TASK
-from fakes import fake_result
+from helpers.cells import SPLITS, TASK
+from helpers.fakes import fake_result
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -14,8 +14,8 @@ from catalyst_ttt.regimes import REGIMES, catalyst_rows
 from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig
 from catalyst_ttt.tasks.arith import Arith, ArithConfig, column_steps
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
-from conftest import run
-from gsm8k_data import gsm8k_rows, write_jsonl
+from helpers.cells import run
+from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
 REAL_GSM8K = {  # two solutions as GSM8K writes them
     "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from catalyst_ttt.cli import app
 from catalyst_ttt.report import build_report, write_report
 from catalyst_ttt.results import write_json
-from conftest import cttt
-from fakes import fake_result
+from helpers.cells import cttt
+from helpers.fakes import fake_result
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """TTT signals: rewards on hand-written completions, and no label leak through real GRPO/SFT."""
 
+import copy
 import math
 import random
 from dataclasses import replace
@@ -13,7 +14,7 @@ from catalyst_ttt.pipeline import train_at_test_time
 from catalyst_ttt.results import CellDir
 from catalyst_ttt.signals import SIGNALS, RewardBatch, majority_answer
 from catalyst_ttt.tracking import Tracker
-from conftest import SPLITS, TASK, run
+from helpers.cells import SPLITS, TASK, run
 
 LABEL_FREE = [n for n in SIGNALS.names() if not SIGNALS.get(n).uses_labels(SignalConfig()) and n != "none"]
 
@@ -143,14 +144,13 @@ def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="m
     return {k: v.clone() for k, v in model.state_dict().items()}, trajectory
 
 
-@pytest.fixture(scope="module")
-def taught_state(taught):
-    state = {k: v.clone() for k, v in taught[0].state_dict().items()}
+@pytest.fixture
+def taught_state(taught_once):
+    """A factory of fresh copies of the taught model, all starting from the same weights."""
 
     def fresh():
-        model, tokenizer = taught
-        model.load_state_dict(state)
-        return model, tokenizer
+        model, tokenizer = taught_once
+        return copy.deepcopy(model), tokenizer
 
     return fresh
 
@@ -176,7 +176,7 @@ def test_label_using_signals_do_see_gold_answers(taught_state, tmp_path, name, r
 def test_every_signal_runs_a_cell_and_reports_its_metrics(tiny, name):
     from pathlib import Path
 
-    from catalyst_ttt.wandb_offline import read_offline_run
+    from helpers.wandb_offline import read_offline_run
 
     result = run(tiny(f"signal={name}", "signal.samples=4", "signal.rounds=2", wandb="offline"))
     assert result["status"] == "done", result.get("error")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from catalyst_ttt.sweep import load_sweep
-from conftest import CTTT, cttt
+from helpers.cells import CTTT, cttt
 
 
 def _results(runs: Path, sweep: str) -> dict[str, dict]:
