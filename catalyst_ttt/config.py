@@ -55,7 +55,7 @@ class CatalystConfig:
     n: int = 256
     steps: int = 160
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
 
 
 @dataclass
@@ -71,10 +71,11 @@ class TTTConfig:
 
 @dataclass
 class EvalConfig:
-    k: int = 4  # samples per prompt for mean@k, maj@k, pass@k
+    k: int = 4  # mean@k, maj@k, pass@k
+    samples: int = 8  # n samples per prompt (n > k) behind the unbiased pass@k and maj@k estimates
     temperature: float = 1.0
-    batch_size: int = 256
-    max_per_split: int = 64
+    batch_size: int = 512
+    max_per_split: int | None = None  # None: every item of every split
     trajectory_size: int = 32  # items of id and of heldout evaluated every eval_every steps
     trajectory: bool = True
 
@@ -91,9 +92,14 @@ class StabilityConfig:
 
 @dataclass
 class IGConfig:
+    """Information gain under a fixed reader: the base SFT'd once on the task's `reader` pool."""
+
     enabled: bool = True
-    scorer: str | None = None  # a checkpoint directory; default: the frozen base model
-    max_items: int = 64
+    scorer: str | None = None  # a checkpoint directory to score with instead of the reader
+    max_items: int | None = None  # None: every id item
+    reader_steps: int = 320
+    reader_batch_size: int = 32
+    reader_lr: float = 2e-3
 
 
 @dataclass

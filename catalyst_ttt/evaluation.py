@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +26,20 @@ def generate(
     batch_size: int = 256,
     seed: int = 0,
 ) -> list[list[str]]:
-    """Greedy completion (samples=0) or `samples` sampled completions per prompt."""
+    """Greedy completion (samples=0) or `samples` sampled completions per prompt.
+
+    Sampling draws from a forked RNG seeded with `seed`: evaluating never moves the training
+    stream, so turning the trajectory on or changing `eval_every` cannot change what TTT trains.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size)
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size) -> list[list[str]]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
     per_batch = max(1, batch_size // max(1, samples))
     out: list[list[str]] = []
     for start in range(0, len(prompts), per_batch):
@@ -57,13 +67,14 @@ def generate(
 @dataclass
 class SplitResult:
     metrics: dict[str, float]
-    correct: list[bool]  # greedy correctness per item, for flips between evaluations
+    correct: list[int]  # greedy correctness per item (0/1), in split order: pairs across cells and steps
     examples: list[dict]
 
 
 def evaluate_split(
     task: Task, problems: list[Problem], model, tokenizer, cfg: EvalConfig, seed: int, sampled: bool = True
 ) -> SplitResult:
+    """Greedy accuracy and process metrics; with `sampled`, mean/maj/pass@k from `cfg.samples` samples."""
     prompts = [p.prompt for p in problems]
     budget = task.max_completion_chars
     greedy = [g[0] for g in generate(model, tokenizer, prompts, budget, batch_size=cfg.batch_size)]
@@ -73,7 +84,7 @@ def evaluate_split(
             tokenizer,
             prompts,
             budget,
-            samples=cfg.k,
+            samples=cfg.samples,
             temperature=cfg.temperature,
             batch_size=cfg.batch_size,
             seed=seed,
@@ -82,24 +93,29 @@ def evaluate_split(
         else None
     )
     rows: list[dict[str, float]] = []
-    correct: list[bool] = []
     for i, problem in enumerate(problems):
         parsed = task.parse(greedy[i])
         right = task.answers_equal(parsed.answer, problem.answer)
-        correct.append(right)
         row = {"acc/greedy": float(right), **process_item(task, problem, parsed, right)}
         if samples is not None:
-            answers = [task.parse(s).answer for s in samples[i]]
-            hits = sum(task.answers_equal(a, problem.answer) for a in answers)
-            row |= {
-                f"acc/mean@{cfg.k}": hits / cfg.k,
-                f"acc/maj@{cfg.k}": maj_at_k(answers, problem.answer),
-                f"acc/pass@{cfg.k}": pass_at_k(cfg.k, hits, cfg.k),
-            } | agreement(answers, hits)
+            row |= sample_metrics(task, [task.parse(s).answer for s in samples[i]], problem.answer, cfg.k)
         rows.append(row)
     metrics = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]} if rows else {}
     examples = [{"prompt": p.prompt, "completion": g, "gold": p.answer} for p, g in zip(problems[:8], greedy)]
-    return SplitResult(metrics=metrics, correct=correct, examples=examples)
+    return SplitResult(metrics=metrics, correct=[int(r["acc/greedy"]) for r in rows], examples=examples)
+
+
+def sample_metrics(task: Task, answers: list[str | None], gold: str, k: int) -> dict[str, float]:
+    """mean@k, and pass@k and maj@k as unbiased estimates from n > k samples: pass@k by Chen et al.'s
+    formula, maj@k as the mean over every k-subset of the n samples."""
+    n = len(answers)
+    hits = sum(task.answers_equal(a, gold) for a in answers)
+    subsets = list(itertools.combinations(answers, k))
+    return {
+        f"acc/mean@{k}": hits / n,
+        f"acc/maj@{k}": sum(maj_at_k(list(s), gold) for s in subsets) / len(subsets),
+        f"acc/pass@{k}": pass_at_k(n, hits, k),
+    } | agreement(answers, hits)
 
 
 class Trajectory:

@@ -1,15 +1,11 @@
 """The pipeline of one cell, top to bottom: base -> catalyst -> ttt -> eval.
 
-`run_cell` is the recipe; the helpers below it are its phases. Base and catalyst checkpoints
-come from the phase cache, so cells of a sweep share them.
+`run_cell` is the recipe; the helpers below it are its phases. Base, catalyst and IG-reader
+checkpoints come from the phase cache, so cells of a sweep share them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
-import traceback
 from pathlib import Path
 
 from datasets import Dataset
@@ -17,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer, set_seed
 
 from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.config import build_task, cell_id, config_hash, semantic_dict
+from catalyst_ttt.config import build_task
 from catalyst_ttt.evaluation import Trajectory, evaluate_split, generate
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.stability import trajectory_stability
@@ -28,123 +24,68 @@ from catalyst_ttt.models import (
     save_checkpoint,
     with_chat_template,
 )
-from catalyst_ttt.regimes import catalyst_rows
-from catalyst_ttt.results import RESULT, SAMPLES, CellDir
-from catalyst_ttt.signals import SIGNALS, Signal
-from catalyst_ttt.tasks.base import Task
-from catalyst_ttt.tracking import Tracker
+from catalyst_ttt.record import CellRecord
+from catalyst_ttt.regimes import REGIMES, catalyst_rows
+from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.tasks.base import TRAINING_SPLITS, Problem, Task
 from catalyst_ttt.training import (
-    Diverged,
     StepHook,
-    consensus_rows,
     grpo,
     make_reward_function,
+    self_train,
     set_threads,
     sft,
 )
 
 
 def run_cell(cfg: DictConfig) -> dict:
-    """Run one cell (or return its finished result) and write `result.json` atomically."""
-    name, chash = cell_id(cfg), config_hash(semantic_dict(cfg))
-    store = CellDir(cfg.runs_dir, cfg.sweep, name)
-    if store.is_done(chash):
-        return store.result() | {"skipped": True}
+    """Run one cell (or return its finished result); `result.json` is written atomically."""
+    record = CellRecord(cfg)
+    if finished := record.finished():
+        return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
-    store.start(OmegaConf.to_yaml(cfg))
     set_threads(cfg.threads)
     set_seed(cfg.seed)
-    signal = SIGNALS.get(cfg.signal.name)
-    uses_labels = signal.uses_labels(cfg.signal)
-    result = {
-        "cell": name,
-        "sweep": cfg.sweep,
-        "config_hash": chash,
-        "status": "failed",
-        "uses_labels": uses_labels,
-        "axes": {
-            "task": cfg.task.name,
-            "model": cfg.model.kind,
-            "regime": cfg.regime.name,
-            "signal": cfg.signal.name,
-            "reference": cfg.signal.reference,
-            "seed": cfg.seed,
-            "catalyst_n": cfg.catalyst.n,
-        },
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "host": socket.gethostname(),
-        "timing": {},
-        "phases": {},
-    }
-    tracker = Tracker(
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=cfg.sweep,
-        job_type=cfg.signal.name,
-        name=name,
-        config=result["config"] | {"uses_labels": uses_labels},
-        directory=store.path,
-    )
-    timing, phases = result["timing"], result["phases"]
-    examples: dict[str, list[dict]] = {}
-    try:
-        # 1. base: the model before any catalyst (cached, shared by every cell)
-        with _phase(store, timing, "base"):
-            base_ref, phases["base"] = base_checkpoint(cfg, task, owner=name)
+    with record.running() as (result, tracker):
+        # 1. base: the model before any catalyst (cached, shared by every cell of a base seed)
+        with record.phase("base"):
+            base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name)
         splits = with_chat_template(task.splits(), AutoTokenizer.from_pretrained(base_ref))
-        # 2. catalyst: SFT on the regime's rows (cached per base, regime, N, seed)
-        with _phase(store, timing, "catalyst"):
-            start_ref, phases["catalyst"] = catalyst_checkpoint(cfg, task, splits["train"], base_ref, owner=name)
+        # 2. catalyst: SFT on the regime's rows (cached per base, regime, budget, seed)
+        with record.phase("catalyst"):
+            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, splits, base_ref, record.name)
         model, tokenizer = load_pretrained(start_ref)
-        base_model, _ = load_pretrained(base_ref)
-        result["pre_ttt"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_model, tokenizer)
+        result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
-        trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, store)
+        trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
         trajectory.record(0, model)
-        with _phase(store, timing, "ttt"):
-            last_step = train_at_test_time(cfg, signal, task, splits["id"], model, tokenizer, trajectory, tracker)
+        with record.phase("ttt"):
+            last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker)
         trajectory.record(last_step, model)
-        # 4. eval: every split, process and information gain, stability over the trajectory
-        with _phase(store, timing, "eval"):
+        # 4. eval: every split, information gain under the reader, stability over the trajectory
+        with record.phase("eval"):
             evaluated = {
-                split: evaluate_split(task, problems[: cfg.eval.max_per_split], model, tokenizer, cfg.eval, cfg.seed)
-                for split, problems in splits.items()
-                if split != "train"
+                name: evaluate_split(task, problems, model, tokenizer, cfg.eval, cfg.seed)
+                for name, problems in evaluated_splits(cfg, splits).items()
             }
-            result["metrics"] = {split: r.metrics for split, r in evaluated.items()}
-            result["ig"] = cell_information_gain(cfg, task, splits["id"], model, base_model, tokenizer)
+            reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"])
+            result["ig"] = cell_information_gain(cfg, task, splits["id"], model, reader, tokenizer)
+            result["ig_calibration"] = ig_calibration(cfg, task, splits["heldout"], reader, tokenizer)
+        result["metrics"] = {name: r.metrics for name, r in evaluated.items()}
+        result["items"]["id"]["final"] = evaluated["id"].correct
+        result["items"] |= {name: {"final": r.correct} for name, r in evaluated.items() if name != "id"}
         result["stab"] = trajectory_stability(trajectory.steps(), trajectory.correct("id")) | {
             "stab/collapse": result["metrics"]["id"]["samples/collapse"],
             "stab/diversity": result["metrics"]["id"]["samples/diversity"],
         }
-        result["status"] = "done"
-        examples = {split: r.examples for split, r in evaluated.items()}
-        store.write(SAMPLES, examples)
-    except Diverged as err:
-        result |= {"status": "diverged", "diverged_step": err.step, "error": str(err)}
-    except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the sweep goes on
-        result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        (store.path / "error.log").write_text(traceback.format_exc())
-    finally:
-        timing["total_s"] = sum(timing.values())
-        store.write(RESULT, result)
-        store.set_status(result["status"])
-        tracker.summary(flat_metrics(result))
-        tracker.table("samples", [row | {"split": split} for split, rows in examples.items() for row in rows])
-        result["wandb_dir"] = tracker.finish()
-    return result
+        result["examples"] = {name: r.examples for name, r in evaluated.items()}
+    return record.result
 
 
-@contextlib.contextmanager
-def _phase(store: CellDir, timing: dict, phase: str):
-    store.set_status(phase)
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timing[f"{phase}_s"] = time.perf_counter() - started
+def evaluated_splits(cfg: DictConfig, splits: dict[str, list[Problem]]) -> dict[str, list[Problem]]:
+    """Every split but the training pools, each cut to `eval.max_per_split` (None: all items)."""
+    return {name: items[: cfg.eval.max_per_split] for name, items in splits.items() if name not in TRAINING_SPLITS}
 
 
 def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
@@ -177,6 +118,7 @@ def base_key(cfg: DictConfig) -> dict:
 
 
 def catalyst_key(cfg: DictConfig, base_name: str) -> dict:
+    """Exactly what determines a catalyst checkpoint."""
     return {
         "base": base_name,
         "task": _plain(cfg.task),
@@ -186,10 +128,19 @@ def catalyst_key(cfg: DictConfig, base_name: str) -> dict:
     }
 
 
-def catalyst_checkpoint(cfg: DictConfig, task: Task, pool, base_ref: str, owner: str) -> tuple[str, str]:
-    rows = catalyst_rows(cfg.regime.name, pool, task, cfg.regime, cfg.catalyst.n, cfg.seed)
+def catalyst_checkpoint(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str) -> tuple[str, str]:
+    rows = catalyst_rows(cfg.regime.name, splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed)
     if not rows:
         return base_ref, "skipped"
+    c = cfg.catalyst
+    key = catalyst_key(cfg, base_name(cfg, base_ref))
+    path, built = fine_tuned(cfg, task, base_ref, rows, (c.steps, c.batch_size, c.lr, cfg.seed), "catalyst", key, owner)
+    return path, "trained" if built else "cached"
+
+
+def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str):
+    """The base SFT'd on prompt/completion `rows` with (steps, batch_size, lr, seed), from the phase cache."""
+    steps, batch_size, lr, seed = schedule
 
     def build(directory: Path) -> None:
         model, tokenizer = load_pretrained(base_ref)
@@ -197,37 +148,42 @@ def catalyst_checkpoint(cfg: DictConfig, task: Task, pool, base_ref: str, owner:
             model,
             tokenizer,
             Dataset.from_list(rows),
-            steps=cfg.catalyst.steps,
-            batch_size=cfg.catalyst.batch_size,
-            lr=cfg.catalyst.lr,
-            seed=cfg.seed,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
             max_length=_max_length(cfg, task),
         )
         save_checkpoint(model, tokenizer, directory)
 
-    base_name = Path(base_ref).name if cfg.model.kind == "tiny" else base_ref
-    path, built = cached_checkpoint(cfg.cache_dir, "catalyst", catalyst_key(cfg, base_name), build, owner)
-    return str(path), "trained" if built else "cached"
+    path, built = cached_checkpoint(cfg.cache_dir, kind, key, build, owner)
+    return str(path), built
 
 
-def pre_ttt_accuracy(cfg, task, problems, model, base_model, tokenizer) -> dict:
-    """Greedy id accuracy of the TTT start point and of the base (regime `none`): ignition."""
+def base_name(cfg: DictConfig, base_ref: str) -> str:
+    return Path(base_ref).name if cfg.model.kind == "tiny" else base_ref
+
+
+def pre_ttt_accuracy(cfg, task, problems, model, base_ref, tokenizer) -> tuple[dict, dict]:
+    """Greedy id accuracy of the TTT start point and of the base (regime `none`), per item: ignition."""
     problems = problems[: cfg.eval.max_per_split]
-    start = evaluate_split(task, problems, model, tokenizer, cfg.eval, cfg.seed, sampled=False).metrics
+    start = evaluate_split(task, problems, model, tokenizer, cfg.eval, cfg.seed, sampled=False)
     base = (
         start
         if cfg.regime.name == "none"
-        else evaluate_split(task, problems, base_model, tokenizer, cfg.eval, cfg.seed, sampled=False).metrics
+        else evaluate_split(task, problems, load_pretrained(base_ref)[0], tokenizer, cfg.eval, cfg.seed, sampled=False)
     )
-    return {
-        "acc/greedy": start["acc/greedy"],
-        "base_acc/greedy": base["acc/greedy"],
-        "process/step_validity": start["process/step_validity"],
+    metrics = {
+        "acc/greedy": start.metrics["acc/greedy"],
+        "base_acc/greedy": base.metrics["acc/greedy"],
+        "process/step_validity": start.metrics["process/step_validity"],
     }
+    return metrics, {"id": {"base": base.correct, "start": start.correct}}
 
 
-def train_at_test_time(cfg, signal: Signal, task: Task, problems, model, tokenizer, trajectory, tracker) -> int:
+def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, tracker) -> int:
     """Train on the id prompts without their labels; returns the number of TTT steps taken."""
+    signal = SIGNALS.get(cfg.signal.name)
     if signal.trainer is None or cfg.ttt.steps == 0:
         return 0
     hook = StepHook(
@@ -242,62 +198,56 @@ def train_at_test_time(cfg, signal: Signal, task: Task, problems, model, tokeniz
         reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, trainer_ref, fail_at)
         grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, trainer_ref, [hook])
         return cfg.ttt.steps
-    # self_sft: rounds of generate -> keep the majority-consistent completions -> SFT
-    per_round = max(1, cfg.ttt.steps // cfg.signal.rounds)
-    for round_index in range(cfg.signal.rounds):
-        samples = generate(
-            model,
-            tokenizer,
-            prompts,
-            task.max_completion_chars,
-            samples=cfg.signal.samples,
-            temperature=cfg.ttt.temperature,
-            batch_size=cfg.eval.batch_size,
-            seed=cfg.seed * 1000 + round_index,
-        )
-        rows = consensus_rows(task, prompts, samples)
-        tracker.log_step(round_index * per_round, {"ttt/consensus_rows": len(rows)})
-        if rows:
-            hook.offset = round_index * per_round
-            sft(
-                model,
-                tokenizer,
-                Dataset.from_list(rows),
-                steps=per_round,
-                batch_size=cfg.ttt.prompts_per_step * cfg.ttt.num_generations,
-                lr=cfg.ttt.lr,
-                seed=cfg.seed + round_index,
-                max_length=_max_length(cfg, task),
-                schedule="constant",
-                callbacks=[hook],
-            )
-    return per_round * cfg.signal.rounds
+    return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
 
 
-def cell_information_gain(cfg, task, problems, model, base_model, tokenizer) -> dict:
-    """IG of the cell's own greedy traces on id, scored by a fixed model (default: the base)."""
-    if not cfg.metrics.ig.enabled:
+def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict):
+    """The fixed scorer of information gain: the base fine-tuned once on correct traces of the
+    `reader` pool (disjoint from every catalyst row and evaluated item), or `metrics.ig.scorer`."""
+    ig = cfg.metrics.ig
+    if not ig.enabled:
+        return None
+    if ig.scorer:
+        phases["reader"] = "given"
+        return load_pretrained(ig.scorer)[0]
+    rows = REGIMES.get("correct")(splits["reader"], task, cfg.regime, 0)
+    schedule = (ig.reader_steps, ig.reader_batch_size, ig.reader_lr, 0)
+    key = {"base": base_name(cfg, base_ref), "task": _plain(cfg.task), "reader": list(schedule)}
+    path, built = fine_tuned(cfg, task, base_ref, rows, schedule, "reader", key, owner)
+    phases["reader"] = "trained" if built else "cached"
+    return load_pretrained(path)[0]
+
+
+def cell_information_gain(cfg, task, problems, model, reader, tokenizer) -> dict:
+    """IG of the cell's own greedy traces on id, with the gold answer, under the reader."""
+    if reader is None:
         return {}
-    scorer = load_pretrained(cfg.metrics.ig.scorer)[0] if cfg.metrics.ig.scorer else base_model
     problems = problems[: cfg.metrics.ig.max_items]
     prompts = [p.prompt for p in problems]
     completions = [
         g[0] for g in generate(model, tokenizer, prompts, task.max_completion_chars, batch_size=cfg.eval.batch_size)
     ]
     traces = [task.parse(c).steps for c in completions]
-    return information_gain(task, scorer, tokenizer, prompts, traces, [p.answer for p in problems])
+    return information_gain(task, reader, tokenizer, prompts, traces, [p.answer for p in problems])
 
 
-def flat_metrics(result: dict) -> dict:
-    """`split/metric` for every split, id's process metrics at top level, ig/*, stab/*, ignition."""
-    flat = {f"{split}/{k}": v for split, metrics in result.get("metrics", {}).items() for k, v in metrics.items()}
-    flat |= {k: v for k, v in result.get("metrics", {}).get("id", {}).items() if k.startswith("process/")}
-    flat |= result.get("ig", {}) | result.get("stab", {})
-    flat |= {f"pre_ttt/{k}": v for k, v in result.get("pre_ttt", {}).items()}
-    flat |= {"status": result["status"], "uses_labels": int(result["uses_labels"])}
-    if "ignition" in result:
-        flat["ignition"] = result["ignition"]
-    return flat
+CALIBRATION_REGIMES = ("correct", "swapped", "illogical", "corrupted")
+
+
+def ig_calibration(cfg, task, problems, reader, tokenizer) -> dict:
+    """ig/total under the reader of gold, swapped, illogical and corrupted traces of `heldout` items:
+    IG is interpretable when gold > 0 and gold > swapped > illogical."""
+    if reader is None:
+        return {}
+    problems = problems[: cfg.metrics.ig.max_items]
+    prompts, answers = [p.prompt for p in problems], [p.answer for p in problems]
+    out = {}
+    for name in CALIBRATION_REGIMES:
+        if name in REGIMES:
+            rows = REGIMES.get(name)(problems, task, cfg.regime, 0)
+            traces = [task.parse(row["completion"]).steps for row in rows]
+            out[name] = information_gain(task, reader, tokenizer, prompts, traces, answers)["ig/total"]
+    return out
 
 
 def _plain(node) -> dict:

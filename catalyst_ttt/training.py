@@ -13,6 +13,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from catalyst_ttt.config import CellConfig
+from catalyst_ttt.evaluation import generate
 from catalyst_ttt.signals import RewardBatch, Signal, group_majorities, majority_answer
 from catalyst_ttt.tasks.base import Problem, Task
 
@@ -208,3 +209,37 @@ class StepHook(TrainerCallback):
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig, hook: StepHook, tracker) -> int:
+    """self_sft: rounds of sample -> keep the completions that agree with their majority -> SFT on them.
+    Returns the number of SFT steps taken."""
+    per_round = max(1, cfg.ttt.steps // cfg.signal.rounds)
+    for round_index in range(cfg.signal.rounds):
+        samples = generate(
+            model,
+            tokenizer,
+            prompts,
+            task.max_completion_chars,
+            samples=cfg.signal.samples,
+            temperature=cfg.ttt.temperature,
+            batch_size=cfg.eval.batch_size,
+            seed=cfg.seed * 1000 + round_index,
+        )
+        rows = consensus_rows(task, prompts, samples)
+        tracker.log_step(round_index * per_round, {"ttt/consensus_rows": len(rows)})
+        if rows:
+            hook.offset = round_index * per_round
+            sft(
+                model,
+                tokenizer,
+                Dataset.from_list(rows),
+                steps=per_round,
+                batch_size=cfg.ttt.prompts_per_step * cfg.ttt.num_generations,
+                lr=cfg.ttt.lr,
+                seed=cfg.seed + round_index,
+                max_length=cfg.model.max_positions if cfg.model.kind == "tiny" else 1024,
+                schedule="constant",
+                callbacks=[hook],
+            )
+    return per_round * cfg.signal.rounds

@@ -17,8 +17,9 @@ def information_gain(
 ) -> dict[str, float]:
     """Mean over items of ig/total, ig/per_step, ig/positive_frac and ig/wu_ppl.
 
-    l_i = log p(answer | prompt, s_1..s_i); total = l_n - l_0; per_step = mean(l_i - l_{i-1})
-    (0 for an empty trace); wu_ppl = (PPL_0 - PPL_n) / (n + 1) over the whole string.
+    l_i = log p(answer | prompt, s_1..s_i) per answer token; total = l_n - l_0; per_step =
+    mean(l_i - l_{i-1}) (0 for an empty trace). wu_ppl = (PPL_0 - PPL_n) / (n + 1), with perplexity
+    over the whole "prompt + steps + answer" string, as Wu et al.'s code computes it.
     """
 
     def _prefix(prompt: str, steps: tuple[str, ...], i: int) -> str:
@@ -31,7 +32,10 @@ def information_gain(
             contexts.append(_prefix(prompt, steps, i))
             targets.append(answer)
         texts += [_prefix(prompt, (), 0) + answer, _prefix(prompt, steps, len(steps)) + answer]
-    lps = continuation_logprobs(scorer, tokenizer, contexts, targets, batch_size)
+    lps = [
+        lp / max(1, len(tokenizer(target, add_special_tokens=False)["input_ids"]))
+        for lp, target in zip(continuation_logprobs(scorer, tokenizer, contexts, targets, batch_size), targets)
+    ]
     ppls = sequence_perplexities(scorer, tokenizer, texts, batch_size)
     totals, per_steps, gains_positive, gains_all, wu = [], [], 0, 0, []
     for item, (offset, n) in enumerate(spans):

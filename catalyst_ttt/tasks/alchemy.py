@@ -6,6 +6,7 @@ applies k atomic ops in order; the gold trace has one step per op, `op INPUT>OUT
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -50,13 +51,16 @@ class AlchemyConfig:
     alphabet_size: int = 10
     length: int = 4
     ops: list[str] = field(default_factory=lambda: list(OPS))
-    min_ops: int = 1
     max_ops: int = 3
-    heldout_composition_frac: float = 0.2
+    heldout_composition_frac: float = 0.2  # multi-op compositions kept for `shift_compose` only
+    # Of the other multi-op compositions, the share the base sees answered directly (`ABCD rot,rev:#...`,
+    # never with a trace); the rest are the catalyst/TTT/eval compositions, which the base never sees answered.
+    answer_only_frac: float = 0.5
     shift_length: int = 5
     shift_steps: int = 4
     noise_chars: int = 2
     n_train: int = 2000
+    n_reader: int = 512  # correct traces for the IG reader: disjoint from every catalyst row and evaluated item
     n_id: int = 128
     n_heldout: int = 128
     n_shift: int = 64
@@ -82,11 +86,22 @@ class Alchemy(Task):
         step_chars = len("rot ") + 2 * max(cfg.length, cfg.shift_length) + 2
         self.max_completion_chars = longest * step_chars + max(cfg.length, cfg.shift_length) + 2
         rng = random.Random(cfg.seed)
-        compositions = [c for k in range(cfg.min_ops, cfg.max_ops + 1) for c in itertools.product(cfg.ops, repeat=k)]
-        multi = [c for c in compositions if len(c) > 1]
-        n_held = round(len(multi) * cfg.heldout_composition_frac)
-        self.heldout_compositions = set(rng.sample(multi, n_held))
-        self.seen_compositions = [c for c in compositions if c not in self.heldout_compositions]
+        multi = [c for k in range(2, cfg.max_ops + 1) for c in itertools.product(cfg.ops, repeat=k)]
+        self.heldout_compositions = sorted(rng.sample(multi, round(len(multi) * cfg.heldout_composition_frac)))
+        seen = [c for c in multi if c not in set(self.heldout_compositions)]
+        rng.shuffle(seen)
+        cut = round(len(seen) * cfg.answer_only_frac)
+        # The base may answer single ops and these compositions directly; no split ever uses them.
+        self.answer_only_compositions = [(op,) for op in cfg.ops] + sorted(seen[:cut])
+        # Catalyst, TTT and in-distribution eval: compositions the base has never seen answered.
+        self.task_compositions = sorted(seen[cut:])
+        if not self.task_compositions:
+            from catalyst_ttt.errors import UserError
+
+            raise UserError(
+                f"task.answer_only_frac={cfg.answer_only_frac} leaves no composition for the task splits "
+                f"({len(seen)} seen multi-op compositions); use a smaller fraction or a larger task.max_ops"
+            )
 
     # -- problems -------------------------------------------------------------------------
 
@@ -112,33 +127,46 @@ class Alchemy(Task):
         keys = sample_unique(rng, n, lambda r: (self._element(r, length), r.choice(compositions)), taken)
         return [self.make_problem(start, ops, rng if noisy else None) for start, ops in keys]
 
-    def splits(self) -> dict[str, list[Problem]]:
+    @functools.cached_property
+    def _splits(self) -> dict[str, list[Problem]]:
         cfg, taken = self.cfg, set()
         rng = random.Random(cfg.seed + 1)
-        seen = self.seen_compositions
+        ttt = self.task_compositions
         longer = list(itertools.product(cfg.ops, repeat=cfg.shift_steps))
         return {
-            "train": self._sample(rng, cfg.n_train, seen, cfg.length, taken),
-            "id": self._sample(rng, cfg.n_id, seen, cfg.length, taken),
-            "heldout": self._sample(rng, cfg.n_heldout, seen, cfg.length, taken),
-            "shift_compose": self._sample(rng, cfg.n_shift, sorted(self.heldout_compositions), cfg.length, taken),
-            "shift_length": self._sample(rng, cfg.n_shift, seen, cfg.shift_length, taken),
+            "train": self._sample(rng, cfg.n_train, ttt, cfg.length, taken),
+            "reader": self._sample(rng, cfg.n_reader, ttt, cfg.length, taken),
+            "id": self._sample(rng, cfg.n_id, ttt, cfg.length, taken),
+            "heldout": self._sample(rng, cfg.n_heldout, ttt, cfg.length, taken),
+            "shift_compose": self._sample(rng, cfg.n_shift, self.heldout_compositions, cfg.length, taken),
+            "shift_length": self._sample(rng, cfg.n_shift, ttt, cfg.shift_length, taken),
             "shift_steps": self._sample(rng, cfg.n_shift, longer, cfg.length, taken),
-            "shift_format": self._sample(rng, cfg.n_shift, seen, cfg.length, taken, noisy=True),
+            "shift_format": self._sample(rng, cfg.n_shift, ttt, cfg.length, taken, noisy=True),
         }
 
+    def splits(self) -> dict[str, list[Problem]]:
+        return dict(self._splits)
+
     def base_corpus(self) -> list[str]:
-        """Single ops, chained runs of ops (no prompt, no answer), and answer-only problems."""
+        """Single ops, chained runs of ops (no prompt, no answer), and answer-only problems of the
+        answer-only compositions. No text reproduces an item of any split (its answer or its trace)."""
         cfg = self.cfg
         rng = random.Random(cfg.seed + 2)
-        texts = []
-        for _ in range(cfg.n_base_single):
-            texts.append(self.make_problem(self._element(rng, cfg.length), (rng.choice(cfg.ops),)).steps[0])
-        for _ in range(cfg.n_base_chain):
-            ops = tuple(rng.choice(cfg.ops) for _ in range(rng.randint(2, 3)))
-            texts.append(";".join(self.make_problem(self._element(rng, cfg.length), ops).steps))
+        items = {(p.spec["start"], tuple(p.spec["ops"])) for split in self._splits.values() for p in split}
+
+        def fresh(ops_of) -> Problem:
+            while True:
+                start, ops = self._element(rng, cfg.length), ops_of()
+                if (start, ops) not in items:
+                    return self.make_problem(start, ops)
+
+        texts = [fresh(lambda: (rng.choice(cfg.ops),)).steps[0] for _ in range(cfg.n_base_single)]
+        texts += [
+            ";".join(fresh(lambda: tuple(rng.choice(cfg.ops) for _ in range(rng.randint(2, 3)))).steps)
+            for _ in range(cfg.n_base_chain)
+        ]
         for _ in range(cfg.n_base_answer_only):
-            problem = self.make_problem(self._element(rng, cfg.length), rng.choice(self.seen_compositions))
+            problem = fresh(lambda: rng.choice(self.answer_only_compositions))
             texts.append(problem.prompt + self.render((), problem.answer))
         return texts
 

@@ -6,6 +6,7 @@ adds the operands' i-th digits and the carry of column i-1 (the tens of its part
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -19,11 +20,13 @@ class ArithConfig:
     shift_digits: int = 5
     noise_chars: int = 2
     n_train: int = 2000
+    n_reader: int = 512  # correct traces for the IG reader: disjoint from every catalyst row and evaluated item
     n_id: int = 128
     n_heldout: int = 128
     n_shift: int = 64
     n_base_facts: int = 10000
-    n_base_answer_only: int = 8000
+    n_base_chain: int = 12000  # runs of chained column steps as plain text: no prompt, no answer
+    n_base_answer_only: int = 8000  # answered directly, with fewer digits than any evaluated split
     seed: int = 1234
 
 
@@ -78,31 +81,44 @@ class Arith(Task):
         keys = sample_unique(rng, n, lambda r: (r.randint(low, high), r.randint(low, high)), taken)
         return [self.make_problem(a, b, rng if noisy else None) for a, b in keys]
 
-    def splits(self) -> dict[str, list[Problem]]:
+    @functools.cached_property
+    def _splits(self) -> dict[str, list[Problem]]:
         cfg, taken = self.cfg, set()
         rng = random.Random(cfg.seed + 1)
         return {
             "train": self._sample(rng, cfg.n_train, cfg.digits, taken),
+            "reader": self._sample(rng, cfg.n_reader, cfg.digits, taken),
             "id": self._sample(rng, cfg.n_id, cfg.digits, taken),
             "heldout": self._sample(rng, cfg.n_heldout, cfg.digits, taken),
             "shift_length": self._sample(rng, cfg.n_shift, cfg.shift_digits, taken),
             "shift_format": self._sample(rng, cfg.n_shift, cfg.digits, taken, noisy=True),
         }
 
+    def splits(self) -> dict[str, list[Problem]]:
+        return dict(self._splits)
+
     def base_corpus(self) -> list[str]:
-        """Single-column facts and answer-only problems: never a prompt followed by its steps."""
+        """Single-column facts, chained column steps of fresh problems, and answer-only problems with
+        fewer digits than any evaluated split: never a prompt followed by its steps, nor an item of a split."""
         cfg = self.cfg
         rng = random.Random(cfg.seed + 2)
         facts = []
         for _ in range(cfg.n_base_facts):
             x, y, carry = rng.randrange(10), rng.randrange(10), rng.randrange(2)
             facts.append(f"{x}+{y}+{carry}={x + y + carry}")
+        items = {(p.spec["a"], p.spec["b"]) for split in self._splits.values() for p in split}
         low, high = 10 ** (cfg.digits - 1), 10**cfg.digits - 1
+        chains = []
+        while len(chains) < cfg.n_base_chain:
+            a, b = rng.randint(low, high), rng.randint(low, high)
+            if (a, b) not in items:
+                chains.append(";".join(column_steps(a, b)))
+        short = 10 ** (cfg.digits - 1) - 1  # the largest operand with fewer digits than the task's
         answers = []
         for _ in range(cfg.n_base_answer_only):
-            problem = self.make_problem(rng.randint(low, high), rng.randint(low, high))
+            problem = self.make_problem(rng.randint(0, short), rng.randint(0, short))
             answers.append(problem.prompt + self.render((), problem.answer))
-        return facts + answers
+        return facts + chains + answers
 
     def expected_steps(self, problem: Problem) -> int:
         return max(len(str(problem.spec["a"])), len(str(problem.spec["b"])))

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 STEP_SEP = ";"
 ANSWER_MARK = "#"
 NOISE_CHAR = "_"  # inserted into prompts for the `shift_format` split (DataAlchemy's format shift)
+# Pools that are trained on and never evaluated: the catalyst's rows and the IG reader's traces.
+TRAINING_SPLITS = ("train", "reader")
 
 
 def insert_noise(text: str, rng: random.Random, count: int) -> str:
@@ -19,14 +21,25 @@ def insert_noise(text: str, rng: random.Random, count: int) -> str:
     return "".join(chars)
 
 
-def sample_unique(rng: random.Random, n: int, draw, taken: set) -> list:
-    """n keys from `draw(rng)` that no earlier call took: splits never share a problem."""
-    keys = []
+def sample_unique(rng: random.Random, n: int, draw, taken: set, patience: int = 100_000) -> list:
+    """n keys from `draw(rng)` that no earlier call took: splits never share a problem. Refuses,
+    instead of looping forever, when `patience` draws in a row find nothing new."""
+    keys, misses = [], 0
     while len(keys) < n:
         key = draw(rng)
-        if key not in taken:
-            taken.add(key)
-            keys.append(key)
+        if key in taken:
+            misses += 1
+            if misses > patience:
+                from catalyst_ttt.errors import UserError
+
+                raise UserError(
+                    f"the task cannot produce {n} distinct problems for a split (found {len(keys)}); "
+                    "ask for fewer items (task.n_*) or a larger problem space"
+                )
+            continue
+        misses = 0
+        taken.add(key)
+        keys.append(key)
     return keys
 
 

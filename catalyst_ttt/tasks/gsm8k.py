@@ -18,7 +18,7 @@ from pathlib import Path
 
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import Parsed, Problem, Task
+from catalyst_ttt.tasks.base import TRAINING_SPLITS, Parsed, Problem, Task
 
 FINAL = "####"
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
@@ -83,6 +83,7 @@ class GSM8KConfig:
     dataset_split: str = "train"
     max_steps: int = 4  # problems with more solution lines form the `shift_steps` split
     n_train: int = 256
+    n_reader: int = 64  # correct solutions the IG reader is fine-tuned on
     n_id: int = 64
     n_heldout: int = 64
     n_shift: int = 64
@@ -180,12 +181,15 @@ class GSM8K(Task):
         long = [p for p in order if p.num_steps > cfg.max_steps]
         # id and heldout first, so the TTT prompts exist even for a small file
         id_, heldout = short[: cfg.n_id], short[cfg.n_id : cfg.n_id + cfg.n_heldout]
-        train = short[cfg.n_id + cfg.n_heldout :][: cfg.n_train]
-        return {"train": train, "id": id_, "heldout": heldout, "shift_steps": long[: cfg.n_shift]}
+        rest = short[cfg.n_id + cfg.n_heldout :]
+        train, reader = rest[: cfg.n_train], rest[cfg.n_train :][: cfg.n_reader]
+        return {"train": train, "reader": reader, "id": id_, "heldout": heldout, "shift_steps": long[: cfg.n_shift]}
 
     def base_corpus(self) -> list[str]:
-        """Questions alone and solution lines alone: never a question followed by its solution."""
-        return [p.prompt for p in self.problems] + [s for p in self.problems for s in p.steps]
+        """Questions alone and solution lines alone of the training pools: never a question followed
+        by its solution, and nothing of an evaluated item."""
+        pools = [p for name in TRAINING_SPLITS for p in self.splits()[name]]
+        return [p.prompt for p in pools] + [s for p in pools for s in p.steps]
 
     def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
         """Every calculator annotation in the step must recompute; a step without one is prose."""

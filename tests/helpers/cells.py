@@ -18,6 +18,7 @@ TASK = Alchemy(
         length=2,
         max_ops=2,
         n_train=300,
+        n_reader=32,
         n_id=8,
         n_heldout=8,
         n_shift=4,

@@ -1,0 +1,126 @@
+"""The bookkeeping around one cell: its result skeleton, W&B run, phase timings and final write.
+
+`run_cell` (pipeline.py) stays the recipe; everything a cell records whatever happens lives here,
+as the lightning-hydra-template's `task_wrapper` keeps it out of the training code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import traceback
+
+from omegaconf import DictConfig, OmegaConf
+
+from catalyst_ttt.config import cell_id, config_hash, semantic_dict
+from catalyst_ttt.results import RESULT, SAMPLES, CellDir
+from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.tracking import Tracker
+from catalyst_ttt.training import Diverged
+
+
+def axes_of(cfg: DictConfig) -> dict:
+    """The grid coordinates of a cell; a replicate is the pair (base_seed, seed)."""
+    return {
+        "task": cfg.task.name,
+        "model": cfg.model.kind,
+        "regime": cfg.regime.name,
+        "signal": cfg.signal.name,
+        "reference": cfg.signal.reference,
+        "catalyst_n": cfg.catalyst.n,
+        "catalyst_steps": cfg.catalyst.steps,
+        "base_seed": cfg.base.seed,
+        "seed": cfg.seed,
+    }
+
+
+class CellRecord:
+    """One cell's entry in the results store and its W&B run."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.name, self.config_hash = cell_id(cfg), config_hash(semantic_dict(cfg))
+        self.store = CellDir(cfg.runs_dir, cfg.sweep, self.name)
+        self.tracker: Tracker | None = None
+        self.result: dict = {}
+
+    def finished(self) -> dict | None:
+        """The stored result when this exact config already ran to the end."""
+        return self.store.result() if self.store.is_done(self.config_hash) else None
+
+    @contextlib.contextmanager
+    def running(self):
+        """Start the cell; on exit write `result.json` atomically with status done/diverged/failed."""
+        cfg = self.cfg
+        signal = SIGNALS.get(cfg.signal.name)
+        uses_labels = signal.uses_labels(cfg.signal)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        self.store.start(OmegaConf.to_yaml(cfg))
+        self.result = {
+            "cell": self.name,
+            "sweep": cfg.sweep,
+            "config_hash": self.config_hash,
+            "status": "failed",
+            "uses_labels": uses_labels,
+            "axes": axes_of(cfg),
+            "config": config,
+            "host": socket.gethostname(),
+            "timing": {},
+            "phases": {},
+        }
+        self.tracker = Tracker(
+            mode=cfg.wandb.mode,
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            group=cfg.sweep,
+            job_type=cfg.signal.name,
+            name=self.name,
+            config=config | {"uses_labels": uses_labels},
+            directory=self.store.path,
+        )
+        try:
+            yield self.result, self.tracker
+            self.result["status"] = "done"
+        except Diverged as err:
+            self.result |= {"status": "diverged", "diverged_step": err.step, "error": str(err)}
+        except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the sweep goes on
+            self.result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            (self.store.path / "error.log").write_text(traceback.format_exc())
+        finally:
+            self._close()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time a phase and show it as the cell's status while it runs."""
+        self.store.set_status(name)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.result["timing"][f"{name}_s"] = time.perf_counter() - started
+
+    def _close(self) -> None:
+        result, tracker = self.result, self.tracker
+        result["timing"]["total_s"] = sum(result["timing"].values())
+        examples = result.pop("examples", {})
+        if examples:
+            self.store.write(SAMPLES, examples)
+        self.store.write(RESULT, result)
+        self.store.set_status(result["status"])
+        tracker.summary(flat_metrics(result))
+        tracker.table("samples", [row | {"split": split} for split, rows in examples.items() for row in rows])
+        result["wandb_dir"] = tracker.finish()
+
+
+def flat_metrics(result: dict) -> dict:
+    """`split/metric` for every split, id's process metrics at top level, ig/*, stab/*, ignition."""
+    flat = {f"{split}/{k}": v for split, metrics in result.get("metrics", {}).items() for k, v in metrics.items()}
+    flat |= {k: v for k, v in result.get("metrics", {}).get("id", {}).items() if k.startswith("process/")}
+    flat |= result.get("ig", {}) | result.get("stab", {})
+    flat |= {f"pre_ttt/{k}": v for k, v in result.get("pre_ttt", {}).items()}
+    flat |= {f"ig_calibration/{k}": v for k, v in result.get("ig_calibration", {}).items()}
+    flat |= {"status": result["status"], "uses_labels": int(result["uses_labels"])}
+    if "ignition" in result:
+        flat["ignition"] = result["ignition"]
+    return flat
