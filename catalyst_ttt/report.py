@@ -62,9 +62,12 @@ class Report:
 
     @property
     def varying(self) -> list[str]:
-        """Axes (and the config) that differ between groups: they name a group beside regime and signal."""
-        keys = {k for g in self.groups for k in g.key}
-        return sorted(k for k in keys if len({str(g.key.get(k)) for g in self.groups}) > 1 and k not in SHOWN_AXES[:3])
+        """Axes that differ between groups, and `config` where it alone tells groups apart: they name a group
+        beside regime and signal."""
+        keys = {k for g in self.groups for k in g.key if k not in SHOWN_AXES}
+        axes = sorted(k for k in keys if len({str(g.key.get(k)) for g in self.groups}) > 1)
+        by_axes = {tuple((k, str(v)) for k, v in g.key.items() if k != "config") for g in self.groups}
+        return axes + (["config"] if len(by_axes) < len(self.groups) else [])
 
 
 def build_report(runs_dir: str | Path, sweep: str) -> Report:
