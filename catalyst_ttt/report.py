@@ -30,6 +30,7 @@ from catalyst_ttt.metrics.aggregate import (  # noqa: E402
     aggregate,
     design,
     design_hash,
+    group_key,
     ignition,
     ignition_key,
     replicate_of,
@@ -223,12 +224,12 @@ def _trap_sentences(judged: list[Group], report: Report) -> list[str]:
         gain = group.stats["gain"].mean
         validity_drop = group.mean("start_step_validity") - group.mean("step_validity")
         baseline = no_ttt.get(repr(ignition_key(group.cells[0])))
-        ig_drop = baseline.mean("ig_total") - group.mean("ig_total") if baseline else math.nan
-        if validity_drop > TRAP_DROP or ig_drop > TRAP_DROP:
+        ig_change = group.mean("ig_total") - baseline.mean("ig_total") if baseline else math.nan
+        if validity_drop > TRAP_DROP or -ig_change > TRAP_DROP:
             traps.append(
                 f"{group.key['regime']} x `{signal_name(group)}` (accuracy {gain:+.3f}, "
                 f"{group.paired['gain'].test.describe()}, step validity {-validity_drop:+.3f}"
-                + (f", ig/total {-ig_drop:+.3f} vs no TTT" if not math.isnan(ig_drop) else "")
+                + (f", ig/total {ig_change:+.3f} vs no TTT" if not math.isnan(ig_change) else "")
                 + f", {len(group.cells)} replicate(s))"
             )
     if not traps:
@@ -242,35 +243,41 @@ def _trap_sentences(judged: list[Group], report: Report) -> list[str]:
 # -- header and tables --------------------------------------------------------------------
 
 
+def _design_facts(results: list[dict]) -> str:
+    done = [r for r in results if r["status"] == "done"]
+    config = (done or results)[0].get("config", {})
+    items = {split: len(arms["final"]) for split, arms in done[0].get("items", {}).items()} if done else {}
+    n_id = items.get("id")
+    ttt, evaluation = config.get("ttt", {}), config.get("eval", {})
+    epochs = (
+        f"{ttt['steps'] * ttt['prompts_per_step'] / n_id:.2f}"
+        if n_id and "steps" in ttt
+        else "unknown (no per-item results)"
+    )
+    trajectory = min(evaluation.get("trajectory_size", 0), n_id or 0) if evaluation.get("trajectory", True) else 0
+    base_seeds = sorted({replicate_of(r)[0] for r in results})
+    seeds = sorted({replicate_of(r)[1] for r in results})
+    return (
+        "items per split "
+        + (", ".join(f"{s} {n}" for s, n in sorted(items.items())) or "unknown (no per-item results)")
+        + f"; trajectory items {trajectory} of id (and of heldout); TTT epochs over id {epochs} "
+        f"(ttt.steps {ttt.get('steps')} × ttt.prompts_per_step {ttt.get('prompts_per_step')} / |id| {n_id}); "
+        f"base seeds {base_seeds}; cell seeds {seeds}; {len(base_seeds) * len(seeds)} replicate(s) per group at most."
+    )
+
+
 def disclosure(report: Report) -> list[str]:
     """Per configuration: items per split, trajectory items, TTT epochs over id, base seeds and seeds."""
     by_config: dict[str, list[dict]] = defaultdict(list)
     for result in report.results:
         by_config[design_hash(result.get("config", {}))].append(result)
-    lines = []
+    facts: dict[str, list[str]] = defaultdict(list)  # the same design facts for several configs: said once
     for chash, results in sorted(by_config.items()):
-        done = [r for r in results if r["status"] == "done"]
-        config = (done or results)[0].get("config", {})
-        items = {split: len(arms["final"]) for split, arms in done[0].get("items", {}).items()} if done else {}
-        n_id = items.get("id")
-        ttt, evaluation = config.get("ttt", {}), config.get("eval", {})
-        epochs = (
-            f"{ttt['steps'] * ttt['prompts_per_step'] / n_id:.2f}"
-            if n_id and "steps" in ttt
-            else "unknown (no per-item results)"
-        )
-        trajectory = min(evaluation.get("trajectory_size", 0), n_id or 0) if evaluation.get("trajectory", True) else 0
-        base_seeds = sorted({replicate_of(r)[0] for r in results})
-        seeds = sorted({replicate_of(r)[1] for r in results})
-        prefix = f"config `{chash[:8]}`: " if len(by_config) > 1 else ""
-        lines.append(
-            f"{prefix}items per split "
-            + (", ".join(f"{s} {n}" for s, n in sorted(items.items())) or "unknown (no per-item results)")
-            + f"; trajectory items {trajectory} of id (and of heldout); TTT epochs over id {epochs} "
-            f"(ttt.steps {ttt.get('steps')} × ttt.prompts_per_step {ttt.get('prompts_per_step')} / |id| {n_id}); "
-            f"base seeds {base_seeds}; cell seeds {seeds}; {len(base_seeds) * len(seeds)} replicate(s) per group "
-            "at most."
-        )
+        facts[_design_facts(results)].append(chash[:8])
+    lines = [
+        (f"config(s) {', '.join(f'`{h}`' for h in hashes)}: " if len(facts) > 1 else "") + text
+        for text, hashes in facts.items()
+    ]
     access: dict[str, set[str]] = defaultdict(set)
     for group in report.groups:
         if group.key["signal"] != "none":
@@ -306,7 +313,7 @@ def provenance(report: Report) -> list[str]:
             + "."
         )
     configs = config_differences(report.results)
-    if len(configs) > 1:
+    if "config" in report.varying:
         lines.append(
             "Configurations (never pooled): "
             + "; ".join(f"`{h[:8]}`: {', '.join(diff) or 'seeds only'}" for h, diff in sorted(configs.items()))
@@ -322,13 +329,21 @@ def _flat(node, prefix: str = "") -> dict:
 
 
 def config_differences(results: list[dict]) -> dict[str, list[str]]:
-    """design hash -> the `key=value`s in which its config differs from the others' (axes included)."""
-    flat = {}
+    """design hash -> its `key=value`s for the keys that tell apart configs of the same axes."""
+    flat: dict[str, dict] = {}
+    by_axes: dict[str, set[str]] = defaultdict(set)
     for result in results:
-        config = result.get("config", {})
-        flat.setdefault(design_hash(config), _flat(design(config)))
-    keys = {k for values in flat.values() for k in values}
-    differing = sorted(k for k in keys if len({values.get(k) for values in flat.values()}) > 1)
+        config, key = result.get("config", {}), group_key(result)
+        flat.setdefault(key["config"], _flat(design(config)))
+        by_axes[repr({k: v for k, v in key.items() if k != "config"})].add(key["config"])
+    differing = sorted(
+        {
+            k
+            for hashes in by_axes.values()
+            for k in {k for h in hashes for k in flat[h]}
+            if len({flat[h].get(k) for h in hashes}) > 1
+        }
+    )
     return {h: [f"{k}={values.get(k, 'unset')}" for k in differing] for h, values in flat.items()}
 
 
@@ -395,7 +410,7 @@ def variance_table(report: Report) -> str:
     rows = []
     for group in ordered(report.groups):
         for metric, parts in group.variance.items():
-            if parts["base"] is None and parts["cell"] is None:
+            if not (parts["base"] or parts["cell"]):  # not estimable, or no variance at all
                 continue
             rows.append(
                 [
@@ -409,7 +424,7 @@ def variance_table(report: Report) -> str:
                 ]
             )
     if not rows:
-        return "Not estimable: one base seed and one seed per base seed."
+        return "No group varies between replicates, or the design cannot tell (one base seed, one seed each)."
     return _markdown_table(header, rows)
 
 
@@ -542,7 +557,8 @@ def plot_process_ig(report: Report, path: Path) -> None:
         ax.set_xticks(range(len(groups)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(title)
         ax.set_ylabel(title)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle("Process validity and information gain per group (id split; 95% bootstrap)")
     _save(fig, path)
 

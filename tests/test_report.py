@@ -107,7 +107,7 @@ def test_verdicts_and_answer_follow_the_data(tmp_path):
     down = sum(round(0.6 * 64) - round((0.2 + 0.01 * s) * 64) for s in (0, 1, 2))
     text = " ".join(first.answer)
     assert "stable under `process` (start 0.594 → final" in text and "unstable under `majority`" in text
-    assert f"McNemar p=<0.001 ({up} up, 0 down)" in text and f"(0 up, {down} down)" in text
+    assert f"McNemar p<0.001 ({up} up, 0 down)" in text and f"(0 up, {down} down)" in text
     assert "collapse 0.900 > 0.25" in text and "3 replicate(s)" in text
     assert f"Regime `correct` ignites: id greedy accuracy {(38 - 3) / 64:+.3f} [" in text
     assert "On `none`" not in text and "n/a" not in text  # floor groups get no sentence
@@ -149,7 +149,7 @@ def test_a_drop_within_the_measured_noise_is_stable_and_a_significant_drop_is_no
     dropping = [fake_result("correct", "majority", s, 0.6, 0.5) for s in (0, 1, 2)]
     group = build_report(_store(tmp_path / "b", dropping), "hand").groups[0]
     assert group.verdict == "unstable"
-    assert group.reasons == [f"TTT lowered accuracy by {6 / 64:.3f} (McNemar p=<0.001 (0 up, 18 down))"]
+    assert group.reasons == [f"TTT lowered accuracy by {6 / 64:.3f} (McNemar p<0.001 (0 up, 18 down))"]
     assert group.paired["gain"].test.p == pytest.approx(2 / 2**18)
     assert group.stats["gain"].high < 0
 
@@ -166,7 +166,7 @@ def test_accuracy_trap_from_step_validity_or_information_gain(tmp_path):
     report = build_report(_store(tmp_path, results), "hand")
     trap = next(s for s in report.answer if s.startswith("Accuracy trap"))
     gain = (38 - 19) / 64
-    assert f"correct x `majority` (accuracy {gain:+.3f}, McNemar p=<0.001 (57 up, 0 down), step validity -0.400" in trap
+    assert f"correct x `majority` (accuracy {gain:+.3f}, McNemar p<0.001 (57 up, 0 down), step validity -0.400" in trap
     assert "correct x `verifree [ref=majority]` (accuracy" in trap and "ig/total -3.000 vs no TTT" in trap
     assert "`process`" not in trap
 
@@ -400,3 +400,22 @@ def test_the_report_run_is_logged_to_wandb(tmp_path):
         (group.stats["gain"].mean, group.stats["gain"].low, group.stats["gain"].high)
     )
     assert row["gain_p"] == pytest.approx(2 / 2 ** (3 * (round(0.65 * 64) - round(0.6 * 64))))
+
+
+def test_report_errors_are_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", "nope"], terminal_width=400)
+    assert done.exit_code == 2 and "no results for sweep 'nope'" in done.stderr
+    failed = fake_result("correct", "majority", 0, 0.5, 0.5, status="failed")
+    write_json(tmp_path / "runs" / "empty" / "cell" / "result.json", failed)
+    done = runner.invoke(app, ["report", "empty"], terminal_width=400)
+    assert done.exit_code == 2 and "has no finished cells" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_status_reads_the_results_store(smoke_store):
+    done = CliRunner().invoke(app, ["status", "smoke", "--runs-dir", str(smoke_store)], terminal_width=300)
+    assert done.exit_code == 0, done.output
+    assert "done=4" in done.output

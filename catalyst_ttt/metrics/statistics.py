@@ -94,7 +94,7 @@ class PairedTest:
         return self.p < ALPHA and self.losses > self.gains
 
     def describe(self) -> str:
-        return f"McNemar p={format_p(self.p)} ({self.gains} up, {self.losses} down)"
+        return f"McNemar p{'' if self.p < 1e-3 else '='}{format_p(self.p)} ({self.gains} up, {self.losses} down)"
 
 
 def binomial_two_sided(k: int, n: int) -> float:
