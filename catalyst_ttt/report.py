@@ -179,8 +179,8 @@ def _ignition_sentences(report: Report) -> list[str]:
 
 
 def _judged(group: Group) -> str:
-    gain = group.stats["gain"]
-    interval = "" if gain.has_interval else f", {NO_INTERVAL}"
+    gain = group.stats.get("gain")
+    interval = f", {NO_INTERVAL}" if gain and not gain.has_interval else ""
     flags = "".join(f", {flag}" for flag in group.flags)
     if group.stable:
         return (

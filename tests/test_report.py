@@ -182,17 +182,20 @@ def test_diverged_and_failed_replicates_are_flagged_never_dropped(tmp_path):
         fake_result("correct", "process", 3, 0.6, 0.65, status="diverged"),
     ]
     results += [fake_result("swapped", "majority", s, 0.6, 0.6, status="failed") for s in (0, 1, 2)]
+    results += [fake_result("illogical", "majority", s, 0.6, 0.6, status="diverged") for s in (0, 1)]
     report = build_report(_store(tmp_path, results), "hand")
     verdicts = {(g.key["regime"], g.key["signal"]): (g.verdict, g.reasons) for g in report.groups}
     assert verdicts[("correct", "majority")] == ("stable", [])
     assert verdicts[("correct", "process")] == ("unstable", ["1 replicate(s) diverged"])
     assert verdicts[("swapped", "majority")] == ("n/a (no finished replicate)", [])
+    assert verdicts[("illogical", "majority")] == ("unstable", ["2 replicate(s) diverged"])
     table = markdown(report, embed=False)
     assert "| 3 (1 of 4 replicates failed) |" in _row(table, "correct", "majority")
     assert "| 3 (1 of 4 replicates diverged) |" in _row(table, "correct", "process")
     assert "| 0 (3 of 3 replicates failed) |" in _row(table, "swapped", "majority")
     text = " ".join(report.answer)
     assert "1 of 4 replicates failed" in text and "1 replicate(s) diverged" in text
+    assert "On `illogical`, TTT is unstable under `majority` (2 replicate(s) diverged; 0 replicate(s), 2 of 2" in text
     assert "swapped" not in text  # no finished replicate: no ignition and no verdict to speak of
 
 
