@@ -63,12 +63,20 @@ class Report:
 
     @property
     def varying(self) -> list[str]:
-        """Axes that differ between groups, and `config` where it alone tells groups apart: they name a group
-        beside regime and signal."""
-        keys = {k for g in self.groups for k in g.key if k not in SHOWN_AXES}
-        axes = sorted(k for k in keys if len({str(g.key.get(k)) for g in self.groups}) > 1)
-        by_axes = {tuple((k, str(v)) for k, v in g.key.items() if k != "config") for g in self.groups}
-        return axes + (["config"] if len(by_axes) < len(self.groups) else [])
+        """What names a group beside regime and signal: see `varying`."""
+        return varying([g.key for g in self.groups])
+
+    @property
+    def ignition_varying(self) -> list[str]:
+        return varying([entry.key for entry in self.ignition])
+
+
+def varying(keys: list[dict]) -> list[str]:
+    """Axes whose values differ between keys, and `config` where it alone tells two keys apart."""
+    names = {k for key in keys for k in key if k not in SHOWN_AXES}
+    axes = sorted(k for k in names if len({str(key.get(k)) for key in keys}) > 1)
+    by_axes = {tuple((k, str(v)) for k, v in key.items() if k != "config") for key in keys}
+    return axes + (["config"] if len(by_axes) < len(keys) else [])
 
 
 def build_report(runs_dir: str | Path, sweep: str) -> Report:
@@ -172,7 +180,7 @@ def _ignition_sentences(report: Report) -> list[str]:
         interval = "" if estimate.has_interval else f", {NO_INTERVAL}"
         evidence = f"; {test.describe()}" if test else ""
         out.append(
-            f"Regime {where(entry, report.varying)} {verb[entry.ignites]}: id greedy accuracy "
+            f"Regime {where(entry, report.ignition_varying)} {verb[entry.ignites]}: id greedy accuracy "
             f"{fmt(estimate, signed=True)} over `none` before TTT ({estimate.n} replicate(s){interval}{evidence})."
         )
     return out
@@ -386,13 +394,13 @@ def markdown_table(report: Report) -> str:
 
 
 def ignition_table(report: Report) -> str:
-    header = [*report.varying, "regime", "replicates", "ignition", "McNemar p", "up / down", "ignites"]
+    header = [*report.ignition_varying, "regime", "replicates", "ignition", "McNemar p", "up / down", "ignites"]
     rows = []
     for entry in report.ignition:
         test, estimate = entry.paired.test, entry.paired.estimate
         rows.append(
             [
-                *[str(entry.key.get(axis, "–"))[:8] for axis in report.varying],
+                *[str(entry.key.get(axis, "–"))[:8] for axis in report.ignition_varying],
                 entry.key["regime"],
                 f"{estimate.n}" + (f" ({NO_INTERVAL})" if estimate.n < 3 else ""),
                 fmt(estimate, signed=True),

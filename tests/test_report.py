@@ -256,6 +256,8 @@ def test_a_report_keeps_to_the_recorded_grid_and_says_what_it_left_out(tmp_path)
     everything = build_report(runs, "hand")
     assert sorted(len(g.cells) for g in everything.groups) == [3, 3, 3, 3]
     assert everything.varying == ["config"]
+    # the TTT settings do not change the start: one ignition over 3 replicates, each counted once
+    assert [entry.paired.estimate.n for entry in everything.ignition] == [3] and everything.ignition_varying == []
     finals = sorted(g.stats["final"].mean for g in everything.groups if g.key["signal"] == "process")
     assert finals == pytest.approx([round(0.2 * 64) / 64, round(0.65 * 64) / 64])
     assert "ttt.steps=1" in markdown(everything, embed=False) and "ttt.steps=20" in markdown(everything, embed=False)
