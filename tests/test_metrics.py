@@ -228,6 +228,10 @@ def test_binomial_tails():
     assert binomial_two_sided(0, 3) == pytest.approx(2 / 8)
     assert binomial_upper_tail(3, 4, 0.5) == pytest.approx((math.comb(4, 3) + 1) / 16)
     assert binomial_upper_tail(1, 50, 0.0) == 0.0 and binomial_upper_tail(0, 50, 0.0) == 1.0
+    # item counts of real splits pooled over replicates: C(n, i) alone would overflow a float
+    assert binomial_upper_tail(1, 8000, 0.001) == pytest.approx(1 - 0.999**8000)
+    assert binomial_upper_tail(4000, 8000, 0.0) == 0.0
+    assert binomial_two_sided(4000, 8000) == 1.0 and binomial_two_sided(3700, 8000) < 1e-9
 
 
 def test_variance_components_against_a_hand_computation():

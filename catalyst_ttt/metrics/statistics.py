@@ -106,8 +106,19 @@ def binomial_two_sided(k: int, n: int) -> float:
 
 
 def binomial_upper_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): the one-sided p of k or more successes by chance alone."""
-    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+    """P(X >= k) for X ~ Binomial(n, p): the one-sided p of k or more successes by chance alone.
+
+    Summed in log space: C(n, i) overflows a float for the item counts of real splits."""
+    if k <= 0 or p >= 1:
+        return 1.0
+    if p <= 0 or k > n:
+        return 0.0
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
+        for i in range(k, n + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs))
 
 
 def mcnemar(new: Sequence[Sequence[int]], old: Sequence[Sequence[int]]) -> PairedTest:
