@@ -257,20 +257,20 @@ def _design_facts(results: list[dict]) -> str:
     items = {split: len(arms["final"]) for split, arms in done[0].get("items", {}).items()} if done else {}
     n_id = items.get("id")
     ttt, evaluation = config.get("ttt", {}), config.get("eval", {})
-    epochs = (
-        f"{ttt['steps'] * ttt['prompts_per_step'] / n_id:.2f}"
-        if n_id and "steps" in ttt
-        else "unknown (no per-item results)"
-    )
-    trajectory = min(evaluation.get("trajectory_size", 0), n_id or 0) if evaluation.get("trajectory", True) else 0
+    steps, prompts = ttt.get("steps"), ttt.get("prompts_per_step")
+    trajectory = evaluation.get("trajectory_size") if evaluation.get("trajectory", True) else 0
+    if n_id:
+        split_items = ", ".join(f"{split} {n}" for split, n in sorted(items.items()))
+        epochs = f"{steps * prompts / n_id:.2f} (ttt.steps {steps} × ttt.prompts_per_step {prompts} / |id| {n_id})"
+        trajectory = min(trajectory or 0, n_id)
+    else:
+        split_items = epochs = "unknown (no per-item results)"
     base_seeds = sorted({replicate_of(r)[0] for r in results})
     seeds = sorted({replicate_of(r)[1] for r in results})
     return (
-        "items per split "
-        + (", ".join(f"{s} {n}" for s, n in sorted(items.items())) or "unknown (no per-item results)")
-        + f"; trajectory items {trajectory} of id (and of heldout); TTT epochs over id {epochs} "
-        f"(ttt.steps {ttt.get('steps')} × ttt.prompts_per_step {ttt.get('prompts_per_step')} / |id| {n_id}); "
-        f"base seeds {base_seeds}; cell seeds {seeds}; {len(base_seeds) * len(seeds)} replicate(s) per group at most."
+        f"items per split {split_items}; trajectory items {trajectory} of id (and of heldout); "
+        f"TTT epochs over id {epochs}; base seeds {base_seeds}; cell seeds {seeds}; "
+        f"{len(base_seeds) * len(seeds)} replicate(s) per group at most."
     )
 
 
