@@ -25,7 +25,9 @@ console = Console()
 err_console = Console(stderr=True)
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-SUMMARY_TITLE = "regime x signal — id greedy accuracy, mean ± 95% CI over seeds († uses labels)"
+SUMMARY_TITLE = (
+    "regime x signal — id greedy accuracy, mean [95% bootstrap] over replicates († gold, ‡ perfect verifier)"
+)
 
 
 def _quiet_libraries() -> None:

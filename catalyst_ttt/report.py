@@ -1,9 +1,13 @@
-"""`cttt report`: a sweep's results store as tables, plots, and an answer generated from them."""
+"""`cttt report`: a sweep's results store as tables, plots, and an answer generated from them.
+
+Every interval, test and verdict is defined in docs/statistics.md.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,196 +17,455 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from catalyst_ttt.config import StabilityConfig  # noqa: E402
 from catalyst_ttt.errors import UserError  # noqa: E402
-from catalyst_ttt.metrics.aggregate import Group, aggregate, rule_of, shift_splits  # noqa: E402
-from catalyst_ttt.metrics.stability import describe_rule, mean_ci  # noqa: E402
-from catalyst_ttt.results import TRAJECTORY, load_results, read_json, sweep_dir, write_atomic  # noqa: E402
+from catalyst_ttt.metrics.aggregate import (  # noqa: E402
+    ACCESS_CLASSES,
+    MARKERS,
+    Group,
+    Ignition,
+    aggregate,
+    design,
+    design_hash,
+    group_key,
+    ignition,
+    ignition_key,
+    replicate_of,
+    rule_of,
+    shift_splits,
+)
+from catalyst_ttt.metrics.stability import describe_rule  # noqa: E402
+from catalyst_ttt.metrics.statistics import NO_INTERVAL, Estimate, format_p  # noqa: E402
+from catalyst_ttt.results import GRID, TRAJECTORY, read_json, read_store, sweep_dir, write_atomic  # noqa: E402
 
-IGNITION_MIN = 0.05  # a regime ignites when its mean ignition exceeds this and its CI excludes 0
 TRAP_DROP = 0.05  # process validity or IG "fell" when lower than at the start by more than this
-COLUMNS = ("final", "ignition", "drawdown", "collapse", "step_validity", "ig_total")
+NO_TTT_CLASS = "no TTT"
+# The context axes the table shows as columns only when they vary; regime and signal are always shown.
+SHOWN_AXES = ("regime", "signal", "reference", "config")
 
 
 @dataclass
 class Report:
     sweep: str
-    results: list[dict]
+    results: list[dict]  # the aggregated results: the recorded grid's cells, or every readable cell
     groups: list[Group]
+    ignition: list[Ignition]
     rule: StabilityConfig
+    left_out: int = 0  # result.json files of other configurations than the recorded grid
+    corrupt: list[Path] = field(default_factory=list)
+    grid: dict | None = None
     answer: list[str] = field(default_factory=list)
     plots: dict[str, Path] = field(default_factory=dict)
     directory: Path | None = None
 
+    @property
+    def varying(self) -> list[str]:
+        """What names a group beside regime and signal: see `varying`."""
+        return varying([g.key for g in self.groups])
+
+    @property
+    def ignition_varying(self) -> list[str]:
+        return varying([entry.key for entry in self.ignition])
+
+
+def varying(keys: list[dict]) -> list[str]:
+    """Axes whose values differ between keys, and `config` where it alone tells two keys apart."""
+    names = {k for key in keys for k in key if k not in SHOWN_AXES}
+    axes = sorted(k for k in names if len({str(key.get(k)) for key in keys}) > 1)
+    by_axes = {tuple((k, str(v)) for k, v in key.items() if k != "config") for key in keys}
+    return axes + (["config"] if len(by_axes) < len(keys) else [])
+
 
 def build_report(runs_dir: str | Path, sweep: str) -> Report:
-    results = load_results(runs_dir, sweep)
+    store = read_store(runs_dir, sweep)
+    grid = read_json(sweep_dir(runs_dir, sweep) / GRID)
+    results = of_grid(store.results, grid)
     if not any(r["status"] == "done" for r in results):
         raise UserError(
             f"sweep {sweep!r} has no finished cells in {sweep_dir(runs_dir, sweep)}; run `cttt sweep {sweep}` first"
         )
     rule = rule_of(results)
-    report = Report(sweep, results, aggregate(results, rule), rule)
-    report.answer = the_answer(report.groups, rule)
+    report = Report(
+        sweep,
+        results,
+        aggregate(results, rule),
+        ignition(results),
+        rule,
+        left_out=len(store.results) - len(results),
+        corrupt=store.corrupt,
+        grid=grid,
+    )
+    report.answer = the_answer(report)
     return report
 
 
-def _fmt(stats: dict) -> str:
-    if not stats or stats["n"] == 0 or math.isnan(stats["mean"]):
+def of_grid(results: list[dict], grid: dict | None) -> list[dict]:
+    """The cells of the recorded grid (same cell id and config hash); every cell without a grid record."""
+    if not grid:
+        return results
+    return [r for r in results if grid["cells"].get(r.get("cell")) == r.get("config_hash")]
+
+
+def fmt(estimate: Estimate | None, signed: bool = False) -> str:
+    if estimate is None or estimate.n == 0 or math.isnan(estimate.mean):
         return "–"
-    return f"{stats['mean']:.3f} ± {stats['ci95']:.3f}"
+    value = f"{estimate.mean:+.3f}" if signed else f"{estimate.mean:.3f}"
+    return f"{value} [{estimate.low:.3f}, {estimate.high:.3f}]" if estimate.has_interval else value
 
 
-def _verdict(group: Group) -> str:
-    if group.stable is None:
-        return "n/a: " + "; ".join(group.reasons)
-    return "stable" if group.stable else "unstable: " + "; ".join(group.reasons)
+def signal_name(group: Group) -> str:
+    key = group.key
+    ref = f" [ref={key['reference']}]" if key["signal"] in ("verifree", "predictive") else ""
+    marker = MARKERS.get(group.access)
+    return f"{key['signal']}{ref}" + (f" {marker}" if marker else "")
 
 
-def _seeds(group: Group) -> str:
-    return f"n={len(group.cells)}"
+def access_class(group: Group) -> str:
+    return NO_TTT_CLASS if group.key["signal"] == "none" else group.access
+
+
+def _context(key: dict, varying: list[str]) -> str:
+    return ", ".join(f"{axis}={str(key[axis])[:8]}" for axis in varying if axis in key)
+
+
+def where(group_or_ignition, varying: list[str]) -> str:
+    context = _context(group_or_ignition.key, varying)
+    return f"`{group_or_ignition.key['regime']}`" + (f" ({context})" if context else "")
+
+
+def replicates(group: Group) -> str:
+    n = len(group.cells)
+    notes = ([NO_INTERVAL] if 0 < n < 3 else []) + group.flags
+    return f"{n}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def verdict(group: Group) -> str:
+    return group.verdict + (": " + "; ".join(group.reasons) if group.reasons else "")
+
+
+def best(group: Group) -> str:
+    step = group.peak_step
+    return fmt(group.stats.get("best")) + (f" @ {step:g}" if step is not None else "")
+
+
+def p_value(group: Group, name: str) -> str:
+    test = group.paired[name].test if name in group.paired else None
+    return format_p(test.p) if test else "–"
+
+
+def ordered(groups: list[Group]) -> list[Group]:
+    """Groups by access class (no TTT first), then as aggregated."""
+    order = (NO_TTT_CLASS, *ACCESS_CLASSES)
+    return sorted(groups, key=lambda g: order.index(access_class(g)) if access_class(g) in order else len(order))
 
 
 # -- the answer ---------------------------------------------------------------------------
 
 
-def the_answer(groups: list[Group], rule: StabilityConfig) -> list[str]:
-    """Sentences generated from the group statistics; each names its numbers and seed count."""
-    done = [g for g in groups if g.cells]
-    sentences = _ignition_sentences(done) + _stability_sentences(done, rule) + _trap_sentences(done)
+def the_answer(report: Report) -> list[str]:
+    """Sentences generated from the statistics; only groups with a verdict are spoken of."""
+    judged = [g for g in report.groups if g.has_verdict]
+    sentences = _ignition_sentences(report) + _stability_sentences(judged, report) + _trap_sentences(judged, report)
     return sentences or ["No finished cells to answer from."]
 
 
-def _regime_ignition(groups: list[Group]) -> dict[str, dict]:
-    """Ignition per regime, pooled over its cells' seeds (it is measured before TTT)."""
-    per_seed: dict[str, dict] = defaultdict(dict)
-    for group in groups:
-        for cell in group.cells:
-            per_seed[group.key["regime"]][cell["axes"]["seed"]] = cell["ignition"]
-    return {regime: mean_ci(list(seeds.values())) for regime, seeds in per_seed.items()}
-
-
-def _ignition_sentences(groups: list[Group]) -> list[str]:
-    ignition = _regime_ignition(groups)
-    reference = ignition.get("correct")
+def _ignition_sentences(report: Report) -> list[str]:
     out = []
-    for regime, stats in sorted(ignition.items()):
-        if regime == "none":
-            continue
-        ignites = stats["mean"] > IGNITION_MIN and stats["mean"] - stats["ci95"] > 0
-        verb = "ignites" if ignites else "does not ignite"
-        text = (
-            f"Regime `{regime}` {verb}: id greedy accuracy {stats['mean']:+.3f} ± {stats['ci95']:.3f} "
-            f"over `none` before TTT ({stats['n']} seed(s))"
+    for entry in report.ignition:
+        estimate, test = entry.paired.estimate, entry.paired.test
+        verb = {True: "ignites", False: "does not ignite", None: "cannot be tested (no per-item results)"}
+        interval = "" if estimate.has_interval else f", {NO_INTERVAL}"
+        evidence = f"; {test.describe()}" if test else ""
+        out.append(
+            f"Regime {where(entry, report.ignition_varying)} {verb[entry.ignites]}: id greedy accuracy "
+            f"{fmt(estimate, signed=True)} over `none` before TTT ({estimate.n} replicate(s){interval}{evidence})."
         )
-        if reference and regime != "correct" and abs(reference["mean"]) > 1e-9:
-            text += f", {100 * stats['mean'] / reference['mean']:.0f}% of `correct`'s {reference['mean']:+.3f}"
-        out.append(text + ".")
     return out
 
 
-def _signal_name(group: Group) -> str:
-    return f"`{group.key['signal']}`" + (" (uses labels)" if group.uses_labels else "")
+def _judged(group: Group) -> str:
+    gain = group.stats.get("gain")
+    interval = f", {NO_INTERVAL}" if gain and not gain.has_interval else ""
+    flags = "".join(f", {flag}" for flag in group.flags)
+    if group.stable:
+        return (
+            f"`{signal_name(group)}` (start {group.mean('start'):.3f} → final {group.mean('final'):.3f}, "
+            f"gain {fmt(gain, signed=True)}, {group.paired['gain'].test.describe()}; best {best(group)}; "
+            f"{len(group.cells)} replicate(s){interval}{flags})"
+        )
+    return f"`{signal_name(group)}` ({'; '.join(group.reasons)}; {len(group.cells)} replicate(s){interval}{flags})"
 
 
-def _stability_sentences(groups: list[Group], rule: StabilityConfig) -> list[str]:
-    by_regime: dict[str, list[Group]] = defaultdict(list)
-    for group in groups:
-        if group.key["signal"] != "none":
-            by_regime[group.key["regime"]].append(group)
+def _stability_sentences(judged: list[Group], report: Report) -> list[str]:
+    by_place: dict[str, list[Group]] = defaultdict(list)
+    for group in judged:
+        by_place[where(group, report.varying)].append(group)
     out = []
-    for regime, members in sorted(by_regime.items()):
-        stable = [g for g in members if g.stable]
-        unstable = [g for g in members if g.stable is False]
-        parts = []
-        if stable:
-            parts.append(
-                "stable under "
-                + ", ".join(
-                    f"{_signal_name(g)} (start {g.mean('start'):.3f} → final {g.mean('final'):.3f}, "
-                    f"drawdown {g.mean('drawdown'):.3f}, {_seeds(g)})"
-                    for g in stable
-                )
-            )
-        if unstable:
-            parts.append(
-                "unstable under "
-                + ", ".join(f"{_signal_name(g)} ({'; '.join(g.reasons)}, {_seeds(g)})" for g in unstable)
-            )
-        out.append(f"On `{regime}`, TTT is " + "; ".join(parts) + ".")
-    if by_regime:
-        out.append(f"Rule: {describe_rule(rule)}.")
+    for place, members in sorted(by_place.items()):
+        parts = [
+            f"{name} under " + ", ".join(_judged(g) for g in members if g.stable is flag)
+            for name, flag in (("stable", True), ("unstable", False))
+            if any(g.stable is flag for g in members)
+        ]
+        out.append(f"On {place}, TTT is " + "; ".join(parts) + ".")
+    if judged:
+        out.append(
+            "Every verdict is judged at the final checkpoint (after the last TTT step); the best trajectory "
+            "point is shown beside it and never used for a verdict."
+        )
+        out.append(f"Rule: {describe_rule(report.rule)}.")
+    else:
+        out.append("No group has a stability verdict: every TTT start is at its floor, or TTT was not run.")
     return out
 
 
-def _trap_sentences(groups: list[Group]) -> list[str]:
-    """Accuracy rose during TTT while step validity (or IG against the no-TTT cell) fell."""
-    no_ttt = {g.key["regime"]: g for g in groups if g.key["signal"] == "none"}
+def _trap_sentences(judged: list[Group], report: Report) -> list[str]:
+    """Accuracy rose significantly during TTT while step validity (or IG against no TTT) fell."""
+    no_ttt = {repr(ignition_key(g.cells[0])): g for g in report.groups if g.key["signal"] == "none" and g.cells}
     traps = []
-    for group in groups:
-        if group.key["signal"] == "none":
+    for group in judged:
+        if not group.cells or not group.paired["gain"].test.higher:
             continue
-        gain = group.mean("final") - group.mean("start")
+        gain = group.stats["gain"].mean
         validity_drop = group.mean("start_step_validity") - group.mean("step_validity")
-        baseline = no_ttt.get(group.key["regime"])
-        ig_drop = baseline.mean("ig_total") - group.mean("ig_total") if baseline else float("nan")
-        if gain > TRAP_DROP and (validity_drop > TRAP_DROP or ig_drop > TRAP_DROP):
+        baseline = no_ttt.get(repr(ignition_key(group.cells[0])))
+        ig_change = group.mean("ig_total") - baseline.mean("ig_total") if baseline else math.nan
+        if validity_drop > TRAP_DROP or -ig_change > TRAP_DROP:
             traps.append(
-                f"{group.label} (accuracy {gain:+.3f}, step validity {-validity_drop:+.3f}"
-                + (f", ig/total {-ig_drop:+.3f} vs no TTT" if not math.isnan(ig_drop) else "")
-                + f", {_seeds(group)})"
+                f"{group.key['regime']} x `{signal_name(group)}` (accuracy {gain:+.3f}, "
+                f"{group.paired['gain'].test.describe()}, step validity {-validity_drop:+.3f}"
+                + (f", ig/total {ig_change:+.3f} vs no TTT" if not math.isnan(ig_change) else "")
+                + f", {len(group.cells)} replicate(s))"
             )
     if not traps:
         return [
-            "No cell fell into the accuracy trap (accuracy up while step validity or information gain "
-            f"fell by more than {TRAP_DROP})."
+            "No group with a verdict fell into the accuracy trap (accuracy significantly up while step validity "
+            f"or information gain fell by more than {TRAP_DROP})."
         ]
     return ["Accuracy trap — accuracy rose while the process got worse: " + "; ".join(traps) + "."]
 
 
-# -- tables -------------------------------------------------------------------------------
+# -- header and tables --------------------------------------------------------------------
 
 
-def markdown_table(groups: list[Group]) -> str:
-    header = "| regime | signal | seeds | " + " | ".join(COLUMNS) + " | verdict |"
-    lines = [header, "|" + " --- |" * (len(COLUMNS) + 4)]
-    for g in groups:
-        signal = g.key["signal"] + (
-            f" [ref={g.key['reference']}]" if g.key["signal"] in ("verifree", "predictive") else ""
+def _design_facts(results: list[dict]) -> str:
+    done = [r for r in results if r["status"] == "done"]
+    config = (done or results)[0].get("config", {})
+    items = {split: len(arms["final"]) for split, arms in done[0].get("items", {}).items()} if done else {}
+    n_id = items.get("id")
+    ttt, evaluation = config.get("ttt", {}), config.get("eval", {})
+    steps, prompts = ttt.get("steps"), ttt.get("prompts_per_step")
+    trajectory = evaluation.get("trajectory_size") if evaluation.get("trajectory", True) else 0
+    if n_id:
+        split_items = ", ".join(f"{split} {n}" for split, n in sorted(items.items()))
+        epochs = f"{steps * prompts / n_id:.2f} (ttt.steps {steps} × ttt.prompts_per_step {prompts} / |id| {n_id})"
+        trajectory = min(trajectory or 0, n_id)
+    else:
+        split_items = epochs = "unknown (no per-item results)"
+    base_seeds = sorted({replicate_of(r)[0] for r in results})
+    seeds = sorted({replicate_of(r)[1] for r in results})
+    return (
+        f"items per split {split_items}; trajectory items {trajectory} of id (and of heldout); "
+        f"TTT epochs over id {epochs}; base seeds {base_seeds}; cell seeds {seeds}; "
+        f"{len(base_seeds) * len(seeds)} replicate(s) per group at most."
+    )
+
+
+def disclosure(report: Report) -> list[str]:
+    """Per configuration: items per split, trajectory items, TTT epochs over id, base seeds and seeds."""
+    by_config: dict[str, list[dict]] = defaultdict(list)
+    for result in report.results:
+        by_config[design_hash(result.get("config", {}))].append(result)
+    facts: dict[str, list[str]] = defaultdict(list)  # the same design facts for several configs: said once
+    for chash, results in sorted(by_config.items()):
+        facts[_design_facts(results)].append(chash[:8])
+    lines = [
+        (f"config(s) {', '.join(f'`{h}`' for h in hashes)}: " if len(facts) > 1 else "") + text
+        for text, hashes in facts.items()
+    ]
+    access: dict[str, set[str]] = defaultdict(set)
+    for group in report.groups:
+        if group.key["signal"] != "none":
+            access[group.access].add(group.key["signal"])
+    lines.append(
+        "Signal access: "
+        + "; ".join(
+            f"{cls}{' ' + MARKERS[cls] if cls in MARKERS else ''}: {', '.join(sorted(access[cls]))}"
+            for cls in ACCESS_CLASSES
+            if access.get(cls)
         )
-        signal += " †" if g.uses_labels else ""
-        cells = [_fmt(g.stats.get(c, {})) for c in COLUMNS]
-        lines.append(f"| {g.key['regime']} | {signal} | {len(g.cells)} | " + " | ".join(cells) + f" | {_verdict(g)} |")
-    return "\n".join(lines)
+        + ". Signals marked † read gold labels and ‡ use a perfect verifier: ceilings, not test-time methods."
+    )
+    return lines
+
+
+def provenance(report: Report) -> list[str]:
+    """Which results the report holds, and which it left out or could not read."""
+    done = sum(r["status"] == "done" for r in report.results)
+    lines = [f"{done} of {len(report.results)} cells done."]
+    if report.grid:
+        lines.append(
+            f"Cells of the grid recorded by `cttt sweep` ({GRID}: {report.grid['file']} sha256 "
+            f"{report.grid['file_sha256'][:12]}, {len(report.grid['cells'])} cells); "
+            f"left out: {report.left_out} result.json file(s) of other configurations in this store."
+        )
+    else:
+        lines.append(f"No {GRID} in the store (cells of `cttt run`): every cell is aggregated, by configuration.")
+    if report.corrupt:
+        lines.append(
+            f"Unreadable: {len(report.corrupt)} result.json file(s), not counted: "
+            + ", ".join(str(p) for p in report.corrupt)
+            + "."
+        )
+    configs = config_differences(report.results)
+    if "config" in report.varying:
+        lines.append(
+            "Configurations (never pooled): "
+            + "; ".join(f"`{h[:8]}`: {', '.join(diff) or 'seeds only'}" for h, diff in sorted(configs.items()))
+            + "."
+        )
+    return lines
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: json.dumps(node)}
+
+
+def config_differences(results: list[dict]) -> dict[str, list[str]]:
+    """design hash -> its `key=value`s for the keys that tell apart configs of the same axes."""
+    flat: dict[str, dict] = {}
+    by_axes: dict[str, set[str]] = defaultdict(set)
+    for result in results:
+        config, key = result.get("config", {}), group_key(result)
+        flat.setdefault(key["config"], _flat(design(config)))
+        by_axes[repr({k: v for k, v in key.items() if k != "config"})].add(key["config"])
+    differing = sorted(
+        {
+            k
+            for hashes in by_axes.values()
+            for k in {k for h in hashes for k in flat[h]}
+            if len({flat[h].get(k) for h in hashes}) > 1
+        }
+    )
+    return {h: [f"{k}={values.get(k, 'unset')}" for k in differing] for h, values in flat.items()}
+
+
+COLUMNS = {
+    "start": lambda g: fmt(g.stats.get("start")),
+    "final": lambda g: fmt(g.stats.get("final")),
+    "best @ step": best,
+    "gain": lambda g: fmt(g.stats.get("gain"), signed=True),
+    "gain p": lambda g: p_value(g, "gain"),
+    "ignition": lambda g: fmt(g.stats.get("ignition"), signed=True),
+    "ignition p": lambda g: p_value(g, "ignition"),
+    "drawdown": lambda g: fmt(g.stats.get("drawdown")),
+    "collapse": lambda g: fmt(g.stats.get("collapse")),
+    "collapsed": lambda g: f"{len(g.collapse_steps)}/{len(g.cells)}" if g.cells else "–",
+    "step validity": lambda g: fmt(g.stats.get("step_validity")),
+    "ig/total": lambda g: fmt(g.stats.get("ig_total")),
+}
+
+
+def _row(group: Group, varying: list[str]) -> list[str]:
+    return [
+        *[str(group.key.get(axis, "–"))[:8] for axis in varying],
+        group.key["regime"],
+        signal_name(group),
+        access_class(group),
+        replicates(group),
+        *[read(group) for read in COLUMNS.values()],
+        verdict(group),
+    ]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def markdown_table(report: Report) -> str:
+    header = [*report.varying, "regime", "signal", "access", "replicates", *COLUMNS, "verdict"]
+    return _markdown_table(header, [_row(g, report.varying) for g in ordered(report.groups)])
+
+
+def ignition_table(report: Report) -> str:
+    header = [*report.ignition_varying, "regime", "replicates", "ignition", "McNemar p", "up / down", "ignites"]
+    rows = []
+    for entry in report.ignition:
+        test, estimate = entry.paired.test, entry.paired.estimate
+        rows.append(
+            [
+                *[str(entry.key.get(axis, "–"))[:8] for axis in report.ignition_varying],
+                entry.key["regime"],
+                f"{estimate.n}" + (f" ({NO_INTERVAL})" if estimate.n < 3 else ""),
+                fmt(estimate, signed=True),
+                format_p(test.p) if test else "–",
+                f"{test.gains} / {test.losses}" if test else "–",
+                {True: "yes", False: "no", None: "–"}[entry.ignites],
+            ]
+        )
+    return _markdown_table(header, rows)
+
+
+def variance_table(report: Report) -> str:
+    """Standard deviations of the base-to-base and cell-to-cell variance components, where estimable."""
+    header = [*report.varying, "regime", "signal", "metric", "sd base-to-base", "sd cell-to-cell", "base share"]
+    rows = []
+    for group in ordered(report.groups):
+        for metric, parts in group.variance.items():
+            if not (parts["base"] or parts["cell"]):  # not estimable, or no variance at all
+                continue
+            rows.append(
+                [
+                    *[str(group.key.get(axis, "–"))[:8] for axis in report.varying],
+                    group.key["regime"],
+                    signal_name(group),
+                    metric,
+                    "–" if parts["base"] is None else f"{math.sqrt(parts['base']):.3f}",
+                    "–" if parts["cell"] is None else f"{math.sqrt(parts['cell']):.3f}",
+                    "–" if parts["base_share"] is None else f"{100 * parts['base_share']:.0f}%",
+                ]
+            )
+    if not rows:
+        return "No group varies between replicates, or the design cannot tell (one base seed, one seed each)."
+    return _markdown_table(header, rows)
 
 
 def shift_table(report: Report) -> str:
     shifts = ["heldout", *shift_splits(report.results)]
-    lines = ["| regime | signal | " + " | ".join(shifts) + " |", "|" + " --- |" * (len(shifts) + 2)]
-    for g in report.groups:
-        if g.cells:
-            lines.append(
-                f"| {g.key['regime']} | {g.key['signal']} | "
-                + " | ".join(_fmt(g.stats.get(s, {})) for s in shifts)
-                + " |"
-            )
-    return "\n".join(lines)
+    header = [*report.varying, "regime", "signal", *shifts]
+    rows = [
+        [
+            *[str(g.key.get(axis, "–"))[:8] for axis in report.varying],
+            g.key["regime"],
+            signal_name(g),
+            *[fmt(g.stats.get(s)) for s in shifts],
+        ]
+        for g in ordered(report.groups)
+        if g.cells
+    ]
+    return _markdown_table(header, rows)
 
 
 def summary_table(groups: list[Group], title: str) -> Table:
     table = Table(title=title)
-    for column in ("regime", "signal", "seeds", *COLUMNS, "stable"):
+    for column in ("regime", "signal", "access", "replicates", "final", "gain", "ignition", "verdict"):
         table.add_column(column)
-    for g in groups:
-        stable = "–" if g.stable is None else ("yes" if g.stable else "no")
+    for g in ordered(groups):
         table.add_row(
             g.key["regime"],
-            g.key["signal"] + (" †" if g.uses_labels else ""),
-            str(len(g.cells)),
-            *[_fmt(g.stats.get(c, {})) for c in COLUMNS],
-            stable,
+            signal_name(g),
+            access_class(g),
+            replicates(g),
+            COLUMNS["final"](g),
+            COLUMNS["gain"](g),
+            COLUMNS["ignition"](g),
+            g.verdict,
         )
     return table
 
@@ -211,86 +474,88 @@ def summary_table(groups: list[Group], title: str) -> Table:
 
 
 def _trajectories(report: Report, runs_dir: Path) -> dict[str, dict[str, list]]:
-    """regime -> signal -> [(steps, accuracies) per seed] from each cell's trajectory file."""
+    """panel (regime and context) -> signal -> [(steps, accuracies) per replicate] from trajectory files."""
     out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for result in report.results:
-        if result["status"] != "done":
-            continue
-        rows = read_json(sweep_dir(runs_dir, report.sweep) / result["cell"] / TRAJECTORY) or []
-        if rows:
-            out[result["axes"]["regime"]][result["axes"]["signal"]].append(
-                ([r["step"] for r in rows], [r["id"]["acc"] for r in rows])
-            )
+    for group in report.groups:
+        for cell in group.cells:
+            rows = read_json(sweep_dir(runs_dir, report.sweep) / cell["cell"] / TRAJECTORY) or []
+            if rows:
+                out[where(group, report.varying)][signal_name(group)].append(
+                    ([r["step"] for r in rows], [r["id"]["acc"] for r in rows])
+                )
     return out
 
 
 def plot_trajectories(report: Report, runs_dir: Path, path: Path) -> None:
     data = _trajectories(report, runs_dir)
-    regimes = sorted(data)
+    panels = sorted(data)
     fig, axes = plt.subplots(
-        1, max(1, len(regimes)), figsize=(4.2 * max(1, len(regimes)), 3.8), squeeze=False, sharey=True
+        1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.8), squeeze=False, sharey=True
     )
-    for ax, regime in zip(axes[0], regimes):
-        for signal, runs in sorted(data[regime].items()):
+    for ax, panel in zip(axes[0], panels):
+        for signal, runs in sorted(data[panel].items()):
             steps = sorted({s for run_steps, _ in runs for s in run_steps})
-            series = [[dict(zip(s, a)).get(step) for s, a in runs] for step in steps]
-            means = [
-                sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals)) for vals in series
-            ]
-            spread = [mean_ci([v for v in vals if v is not None])["std"] for vals in series]
-            (line,) = ax.plot(steps, means, marker="o", label=signal)
-            ax.fill_between(
-                steps,
-                [m - s for m, s in zip(means, spread)],
-                [m + s for m, s in zip(means, spread)],
-                color=line.get_color(),
-                alpha=0.2,
-            )
-        ax.set_title(f"regime: {regime}")
+            series = [[v for v in (dict(zip(s, a)).get(step) for s, a in runs) if v is not None] for step in steps]
+            means = np.array([np.mean(values) for values in series])
+            spread = np.array([np.std(values, ddof=1) if len(values) > 1 else 0.0 for values in series])
+            (line,) = ax.plot(steps, means, marker="o", label=f"{signal} (n={len(runs)})")
+            ax.fill_between(steps, means - spread, means + spread, color=line.get_color(), alpha=0.2)
+        ax.set_title(f"regime: {panel.replace('`', '')}", fontsize=9)
         ax.set_xlabel("TTT step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("id accuracy (greedy, trajectory subset)")
-    axes[0][-1].legend(title="signal", fontsize=8)
-    fig.suptitle("Accuracy during test-time training (band: ± 1 std over seeds)")
+    axes[0][-1].legend(title="signal", fontsize=7)
+    fig.suptitle("Accuracy during test-time training (band: ± 1 std over replicates)")
     _save(fig, path)
+
+
+def _errors(estimates: list[Estimate]) -> np.ndarray:
+    """Asymmetric error bars from intervals; none where there is no interval."""
+    return np.array(
+        [
+            [e.mean - e.low if e.has_interval else 0.0 for e in estimates],
+            [e.high - e.mean if e.has_interval else 0.0 for e in estimates],
+        ]
+    )
 
 
 def plot_ignition_stability(report: Report, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    markers = {True: "o", False: "x", None: "s"}
     for g in report.groups:
         if not g.cells or g.key["signal"] == "none":
             continue
-        gain = mean_ci([c["metrics"]["id"]["acc/greedy"] - c["pre_ttt"]["acc/greedy"] for c in g.cells])
+        ignition, gain = g.stats["ignition"], g.stats["gain"]
         ax.errorbar(
-            g.mean("ignition"),
-            gain["mean"],
-            xerr=g.stats["ignition"]["ci95"],
-            yerr=gain["ci95"],
-            fmt="o" if g.stable else "x",
+            ignition.mean,
+            gain.mean,
+            xerr=_errors([ignition]),
+            yerr=_errors([gain]),
+            fmt=markers[g.stable],
             capsize=3,
-            label=g.label,
+            label=f"{g.key['regime']} x {signal_name(g)} {_context(g.key, report.varying)}".strip(),
         )
-    ax.axhline(-report.rule.max_drop, color="grey", linestyle="--", linewidth=1, label="stability bound")
-    ax.set_xlabel("ignition: catalyst − none accuracy before TTT")
+    ax.axhline(-report.rule.max_drop, color="grey", linestyle="--", linewidth=1, label="-max_drop")
+    ax.set_xlabel("ignition: catalyst start − none base, before TTT")
     ax.set_ylabel("TTT gain: final − start accuracy")
-    ax.set_title("Ignition vs stability (o stable, x unstable; 95% CI)")
+    ax.set_title("Ignition vs stability (o stable, x unstable, □ no verdict; 95% bootstrap)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _save(fig, path)
 
 
+def _label(group: Group, varying: list[str]) -> str:
+    context = _context(group.key, varying)
+    return f"{group.key['regime']} x {signal_name(group)}" + (f" ({context})" if context else "")
+
+
 def plot_process_ig(report: Report, path: Path) -> None:
     groups = [g for g in report.groups if g.cells]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(groups) + 4), 4.6))
-    labels = [g.label for g in groups]
+    labels = [_label(g, report.varying) for g in groups]
     for ax, metric, title in ((axes[0], "step_validity", "process step validity"), (axes[1], "ig_total", "ig/total")):
-        ax.bar(
-            range(len(groups)),
-            [g.mean(metric) for g in groups],
-            yerr=[g.stats[metric]["ci95"] for g in groups],
-            capsize=3,
-            color="tab:blue",
-        )
+        estimates = [g.stats[metric] for g in groups]
+        ax.bar(range(len(groups)), [e.mean for e in estimates], yerr=_errors(estimates), capsize=3, color="tab:blue")
         for regime, style in (("correct", "--"), ("none", ":")):
             base = next((g for g in groups if g.key["regime"] == regime and g.key["signal"] == "none"), None)
             if base:
@@ -300,8 +565,9 @@ def plot_process_ig(report: Report, path: Path) -> None:
         ax.set_xticks(range(len(groups)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(title)
         ax.set_ylabel(title)
-        ax.legend(fontsize=7)
-    fig.suptitle("Process validity and information gain per cell (id split)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Process validity and information gain per group (id split; 95% bootstrap)")
     _save(fig, path)
 
 
@@ -311,21 +577,24 @@ def plot_shifts(report: Report, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) + 4), 4.6))
     width = 0.8 / len(splits)
     for i, split in enumerate(splits):
+        estimates = [g.stats[split] for g in groups]
         ax.bar(
             [x + i * width for x in range(len(groups))],
-            [g.mean(split) for g in groups],
+            [e.mean for e in estimates],
             width,
+            yerr=_errors(estimates),
+            capsize=2,
             label="id" if split == "final" else split,
         )
     ax.set_xticks(
         [x + 0.4 - width / 2 for x in range(len(groups))],
-        [g.label for g in groups],
+        [_label(g, report.varying) for g in groups],
         rotation=60,
         ha="right",
         fontsize=7,
     )
     ax.set_ylabel("greedy accuracy")
-    ax.set_title("Accuracy under distribution shift, per cell")
+    ax.set_title("Accuracy under distribution shift, per group (95% bootstrap)")
     ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
@@ -361,24 +630,37 @@ def write_report(report: Report, runs_dir: str | Path) -> Path:
 
 
 def markdown(report: Report, embed: bool) -> str:
-    done = sum(r["status"] == "done" for r in report.results)
-    seeds = sorted({r["axes"]["seed"] for r in report.results})
     lines = [
         f"# catalyst-ttt report: `{report.sweep}`",
         "",
-        f"{done} of {len(report.results)} cells done; seeds {seeds}. Accuracy is greedy on the `id` split "
-        "(the TTT prompts); ± is the half-width of a 95% t-interval over seeds. † = the signal reads gold "
-        "labels (not a test-time method).",
+        *provenance(report),
+        "",
+        *disclosure(report),
+        "",
+        "Accuracy is greedy; `start`, `final`, gain and ignition use every item of the `id` split (the TTT "
+        "prompts). [low, high] is a 95% paired bootstrap interval over replicates ((base seed, seed) pairs) and "
+        f"items, clipped to the metric's range; with fewer than 3 replicates there is none ({NO_INTERVAL}). "
+        "p is an exact McNemar test on the same items, discordant pairs pooled over replicates. `best @ step` "
+        "is the trajectory peak (trajectory items only); every verdict uses `final`. Definitions: "
+        "docs/statistics.md.",
         "",
         "## The answer",
         "",
         *[f"- {s}" for s in report.answer],
         "",
+        "## Ignition (before TTT)",
+        "",
+        ignition_table(report),
+        "",
         "## Regimes × signals",
         "",
-        markdown_table(report.groups),
+        markdown_table(report),
         "",
         f"Stability rule: {describe_rule(report.rule)}.",
+        "",
+        "## Variance: base-to-base vs cell-to-cell",
+        "",
+        variance_table(report),
         "",
         "## Shift splits (greedy accuracy)",
         "",
@@ -426,6 +708,29 @@ def to_html(report: Report) -> str:
     )
 
 
+WANDB_METRICS = ("start", "final", "best", "gain", "ignition", "drawdown", "collapse", "step_validity", "ig_total")
+
+
+def wandb_row(group: Group) -> dict:
+    """One group as numbers: each metric's mean and interval (None where there is none), tests and verdict."""
+    row = {axis: str(value) for axis, value in group.key.items()} | {
+        "access": group.access,
+        "replicates": len(group.cells),
+        "unfinished": len(group.unfinished),
+    }
+    for name in WANDB_METRICS:
+        estimate = group.stats.get(name)
+        row |= {
+            name: estimate.mean if estimate else None,
+            f"{name}_low": estimate.low if estimate else None,
+            f"{name}_high": estimate.high if estimate else None,
+        }
+    for name in ("gain", "ignition"):
+        test = group.paired[name].test if name in group.paired else None
+        row[f"{name}_p"] = test.p if test else None
+    return row | {"best_step": group.peak_step, "verdict": verdict(group)}
+
+
 def log_to_wandb(report: Report) -> str | None:
     """One W&B run (job_type=report) with the tables and plots; returns the offline dir, if any."""
     import wandb
@@ -444,17 +749,7 @@ def log_to_wandb(report: Report) -> str | None:
         directory=report.directory,
     )
     try:
-        rows = [
-            {
-                "regime": g.key["regime"],
-                "signal": g.key["signal"],
-                "seeds": len(g.cells),
-                "uses_labels": g.uses_labels,
-                **{c: g.stats[c]["mean"] if g.cells else None for c in COLUMNS},
-                "verdict": _verdict(g),
-            }
-            for g in report.groups
-        ]
+        rows = [wandb_row(g) for g in ordered(report.groups)]
         tracker.table("regimes_x_signals", rows)
         tracker.table("answer", [{"sentence": s} for s in report.answer])
         tracker.media({name: wandb.Image(str(path)) for name, path in report.plots.items()})

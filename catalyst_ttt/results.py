@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from catalyst_ttt.errors import UserError
@@ -17,6 +18,7 @@ RESULT, STATUS, TRAJECTORY, CONFIG, SAMPLES = (
     "config.yaml",
     "samples.json",
 )
+GRID = "grid.json"  # runs/<sweep>/grid.json: the grid the last `cttt sweep` of that name ran
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -83,13 +85,29 @@ def sweep_dir(runs_dir: str | Path, sweep: str) -> Path:
     return Path(runs_dir) / sweep
 
 
-def load_results(runs_dir: str | Path, sweep: str) -> list[dict]:
-    """Every cell's result.json in a sweep (finished cells only)."""
+@dataclass
+class Store:
+    results: list[dict]
+    corrupt: list[Path]  # result.json files that are not a readable result: reported, never silently dropped
+
+
+def read_store(runs_dir: str | Path, sweep: str) -> Store:
+    """Every cell's result.json in a sweep, and the paths of those that cannot be read."""
     root = sweep_dir(runs_dir, sweep)
     if not root.is_dir():
         raise UserError(f"no results for sweep {sweep!r}: {root} does not exist; run `cttt sweep {sweep}` first")
-    results = [read_json(p) for p in sorted(root.glob(f"*/{RESULT}"))]
-    return [r for r in results if r]
+    store = Store([], [])
+    for path in sorted(root.glob(f"*/{RESULT}")):
+        result = read_json(path)
+        if isinstance(result, dict) and {"status", "axes"} <= set(result):
+            store.results.append(result)
+        else:
+            store.corrupt.append(path)
+    return store
+
+
+def load_results(runs_dir: str | Path, sweep: str) -> list[dict]:
+    return read_store(runs_dir, sweep).results
 
 
 def check_writable(directory: str | Path) -> None:

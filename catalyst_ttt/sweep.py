@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import sys
@@ -25,7 +26,7 @@ from rich.progress import (
 
 from catalyst_ttt.config import CONF_DIR, cell_id, compose_cell, config_hash, semantic_dict
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.results import RESULT, STATUS, read_json
+from catalyst_ttt.results import GRID, RESULT, STATUS, read_json, sweep_dir, write_json
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 SWEEP_KEYS = {"description", "axes", "overrides"}
@@ -127,6 +128,7 @@ def hydra_cell(cfg: DictConfig) -> str:
 
 def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
     """Run the multirun with a live progress view; returns the count of cells per final state."""
+    record_grid(sweep, cells)
     monitor = Monitor(cells, console)
     argv, sys.argv = sys.argv, sweep.multirun_argv()
     monitor.start()
@@ -136,6 +138,20 @@ def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
         sys.argv = argv
         monitor.stop()
     return monitor.counts()
+
+
+def record_grid(sweep: Sweep, cells: list[Cell]) -> None:
+    """Write the grid into the store, so the report aggregates these cells and no other configuration."""
+    source = SWEEPS_DIR / f"{sweep.name}.yaml"
+    grid = {
+        "sweep": sweep.name,
+        "file": source.name,
+        "file_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "fixed": sweep.fixed,
+        "axes": sweep.axes,
+        "cells": {cell.id: cell.config_hash for cell in cells},
+    }
+    write_json(sweep_dir(cells[0].config.runs_dir, sweep.name) / GRID, grid)
 
 
 class Monitor:

@@ -1,86 +1,86 @@
-"""Stability of a cell over its TTT trajectory, and aggregation over seeds."""
+"""Stability of a cell over its TTT trajectory, and the rule that calls a cell group stable."""
 
 from __future__ import annotations
 
 import math
-import statistics
 
 from catalyst_ttt.config import StabilityConfig
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (normal beyond the table).
-T_975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    12: 2.179,
-    15: 2.131,
-    20: 2.086,
-    30: 2.042,
-}
+from catalyst_ttt.metrics.statistics import ALPHA, Estimate, PairedTest, format_p
 
 
-def trajectory_stability(steps: list[int], correct: list[list[bool]]) -> dict[str, float]:
-    """start/peak/final/drawdown/auc of accuracy, and per-item flips between evaluations."""
+def noise_allowance(accuracy: float, items: int) -> float:
+    """Two binomial standard errors of an accuracy on `items` items, and never less than one item."""
+    if items == 0:
+        return 0.0
+    return max(2 * math.sqrt(accuracy * (1 - accuracy) / items), 1 / items)
+
+
+def trajectory_stability(steps: list[int], correct: list[list[bool]]) -> dict[str, float | int | None]:
+    """start/peak/final/drawdown/auc of accuracy, per-item flips, and the step accuracy collapsed at.
+
+    `stab/collapse_step` is the first evaluated TTT step from which accuracy stays below the start by
+    more than `noise_allowance` of the start accuracy until the last evaluation; None if it never does.
+    """
     accuracy = [sum(c) / len(c) if c else 0.0 for c in correct]
+    if not accuracy:
+        accuracy, steps = [0.0], [0]
     if len(steps) > 1:
         area = sum((b - a) * (x + y) / 2 for a, b, x, y in zip(steps, steps[1:], accuracy, accuracy[1:]))
         auc = area / (steps[-1] - steps[0])
     else:
-        auc = accuracy[0] if accuracy else 0.0
+        auc = accuracy[0]
     c2w = w2c = 0
     for before, after in zip(correct, correct[1:]):
         c2w += sum(b and not a for b, a in zip(before, after))
         w2c += sum(a and not b for b, a in zip(before, after))
+    peak = max(accuracy)
+    floor = accuracy[0] - noise_allowance(accuracy[0], len(correct[0]) if correct else 0)
+    collapse_step = None
+    for index in range(len(accuracy) - 1, 0, -1):  # walk back while accuracy stays below the floor
+        if accuracy[index] >= floor:
+            break
+        collapse_step = steps[index]
     return {
-        "stab/start": accuracy[0] if accuracy else 0.0,
-        "stab/peak": max(accuracy, default=0.0),
-        "stab/final": accuracy[-1] if accuracy else 0.0,
-        "stab/drawdown": max(accuracy, default=0.0) - (accuracy[-1] if accuracy else 0.0),
+        "stab/start": accuracy[0],
+        "stab/peak": peak,
+        "stab/peak_step": steps[accuracy.index(peak)],
+        "stab/final": accuracy[-1],
+        "stab/drawdown": peak - accuracy[-1],
         "stab/auc": auc,
         "stab/flips_c2w": float(c2w),
         "stab/flips_w2c": float(w2c),
+        "stab/collapse_step": collapse_step,
     }
 
 
-def mean_ci(values: list[float]) -> dict[str, float]:
-    """Mean, sample std and the half-width of a 95% t-interval (0 for one value)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return {"mean": math.nan, "std": math.nan, "ci95": math.nan, "n": 0}
-    n = len(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    df = n - 1
-    t = T_975.get(df) or (T_975[max(k for k in T_975 if k <= df)] if df > 0 else 0.0)
-    if df > 30:
-        t = 1.96
-    return {"mean": statistics.fmean(values), "std": std, "ci95": t * std / math.sqrt(n) if n > 1 else 0.0, "n": n}
-
-
-def stability_verdict(
-    start: float, final: float, drawdown: float, seed_std: float, collapse: float, rule: StabilityConfig
-) -> tuple[bool, list[str]]:
-    """Whether a (regime, signal) group is stable, and the reasons it is not."""
+def stability_reasons(
+    gain: Estimate,
+    gain_test: PairedTest | None,
+    drawdown: float,
+    collapse: float,
+    final_std: float,
+    rule: StabilityConfig,
+) -> list[str]:
+    """Why a group that starts above its floor is unstable under TTT; empty when it is stable."""
     reasons = []
-    if final < start - rule.max_drop:
-        reasons.append(f"final {final:.3f} < start {start:.3f} - {rule.max_drop}")
+    if gain_test is not None and gain_test.lower:
+        reasons.append(f"TTT lowered accuracy by {-gain.mean:.3f} ({gain_test.describe()})")
+    elif gain.has_interval and gain.high < -rule.max_drop:
+        reasons.append(f"gain interval [{gain.low:.3f}, {gain.high:.3f}] lies below -{rule.max_drop}")
     if drawdown > rule.max_drawdown:
         reasons.append(f"drawdown {drawdown:.3f} > {rule.max_drawdown}")
-    if seed_std > rule.max_seed_std:
-        reasons.append(f"seed std {seed_std:.3f} > {rule.max_seed_std}")
+    if final_std > rule.max_seed_std:
+        reasons.append(f"replicate std of final {final_std:.3f} > {rule.max_seed_std}")
     if collapse > rule.max_collapse:
         reasons.append(f"collapse {collapse:.3f} > {rule.max_collapse}")
-    return not reasons, reasons
+    return reasons
 
 
 def describe_rule(rule: StabilityConfig) -> str:
     return (
-        f"stable = final >= start - {rule.max_drop}, drawdown <= {rule.max_drawdown}, "
-        f"seed std of final <= {rule.max_seed_std}, collapse <= {rule.max_collapse}"
+        f"stable = the TTT start is significantly above its floor, and TTT does not lower id accuracy "
+        f"(exact McNemar final vs start, p >= {format_p(ALPHA)} or more items up than down; and the gain's "
+        f"95% interval does not lie wholly below -{rule.max_drop}), mean drawdown <= {rule.max_drawdown}, "
+        f"replicate std of final <= {rule.max_seed_std}, collapse <= {rule.max_collapse}; "
+        "judged at the final checkpoint"
     )
