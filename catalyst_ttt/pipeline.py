@@ -25,7 +25,7 @@ from catalyst_ttt.models import (
     with_chat_template,
 )
 from catalyst_ttt.record import CellRecord
-from catalyst_ttt.regimes import REGIMES, catalyst_rows
+from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, catalyst_rows
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tasks.base import TRAINING_SPLITS, Problem, Task
 from catalyst_ttt.training import (
@@ -229,9 +229,6 @@ def cell_information_gain(cfg, task, problems, model, reader, tokenizer) -> dict
     ]
     traces = [task.parse(c).steps for c in completions]
     return information_gain(task, reader, tokenizer, prompts, traces, [p.answer for p in problems])
-
-
-CALIBRATION_REGIMES = ("correct", "swapped", "illogical", "corrupted")
 
 
 def ig_calibration(cfg, task, problems, reader, tokenizer) -> dict:

@@ -12,6 +12,8 @@ from catalyst_ttt.tasks.base import Problem, Task
 
 Regime = Callable[[list[Problem], Task, RegimeConfig, int], list[dict]]
 REGIMES: Registry[Regime] = Registry("regime")
+# The traces whose IG under the reader calibrates the metric: gold must score above the corruptions.
+CALIBRATION_REGIMES = ("correct", "swapped", "illogical", "corrupted")
 
 
 def _row(task: Task, problem: Problem, steps: tuple[str, ...]) -> dict:

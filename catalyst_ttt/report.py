@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from catalyst_ttt.config import StabilityConfig  # noqa: E402
@@ -39,6 +40,7 @@ from catalyst_ttt.metrics.aggregate import (  # noqa: E402
 )
 from catalyst_ttt.metrics.stability import describe_rule  # noqa: E402
 from catalyst_ttt.metrics.statistics import NO_INTERVAL, Estimate, format_p  # noqa: E402
+from catalyst_ttt.regimes import CALIBRATION_REGIMES  # noqa: E402
 from catalyst_ttt.results import GRID, TRAJECTORY, read_json, read_store, sweep_dir, write_atomic  # noqa: E402
 
 TRAP_DROP = 0.05  # process validity or IG "fell" when lower than at the start by more than this
@@ -57,6 +59,7 @@ class Report:
     left_out: int = 0  # result.json files of other configurations than the recorded grid
     corrupt: list[Path] = field(default_factory=list)
     grid: dict | None = None
+    calibration: IGCalibration | None = None
     answer: list[str] = field(default_factory=list)
     plots: dict[str, Path] = field(default_factory=dict)
     directory: Path | None = None
@@ -97,9 +100,58 @@ def build_report(runs_dir: str | Path, sweep: str) -> Report:
         left_out=len(store.results) - len(results),
         corrupt=store.corrupt,
         grid=grid,
+        calibration=ig_calibration(results),
     )
     report.answer = the_answer(report)
     return report
+
+
+@dataclass
+class IGCalibration:
+    """IG of gold, swapped, illogical and corrupted `heldout` traces under each base's reader."""
+
+    by_reader: dict[str, dict[str, float]]  # "task/model/base seed" -> regime -> mean ig/total
+
+    def holds(self) -> bool:
+        """IG reads as information only when, for every reader, gold > 0 and gold > swapped > illogical."""
+        return all(
+            row.get("correct", -math.inf) > 0
+            and row.get("correct", -math.inf) > row.get("swapped", math.inf) > row.get("illogical", math.inf)
+            for row in self.by_reader.values()
+        )
+
+
+def ig_calibration(results: list[dict]) -> IGCalibration | None:
+    by_reader = {
+        f"{r['axes']['task']}/{r['axes']['model']}/base seed {r['axes'].get('base_seed', 0)}": r["ig_calibration"]
+        for r in results
+        if r["status"] == "done" and r.get("ig_calibration")
+    }
+    return IGCalibration(by_reader) if by_reader else None
+
+
+def calibration_lines(report: Report) -> list[str]:
+    calibration = report.calibration
+    if calibration is None:
+        return ["No cell recorded an IG calibration (IG disabled): ig/total is not shown as information."]
+    present = {regime for row in calibration.by_reader.values() for regime in row}
+    regimes = [r for r in CALIBRATION_REGIMES if r in present]
+    rows = [
+        [reader, *(f"{row.get(r, math.nan):+.3f}" for r in regimes)] for reader, row in calibration.by_reader.items()
+    ]
+    verdict_line = (
+        "Calibration holds (gold > 0 and gold > swapped > illogical for every reader): ig/total is interpretable."
+        if calibration.holds()
+        else "Calibration FAILS: IG is not interpretable for this sweep; ig/total is not used in the answer."
+    )
+    return [
+        "ig/total (nats per answer token) of each regime's traces of `heldout` items, with the gold answer, under "
+        "the IG reader of each base:",
+        "",
+        _markdown_table(["reader", *regimes], rows),
+        "",
+        verdict_line,
+    ]
 
 
 def of_grid(results: list[dict], grid: dict | None) -> list[dict]:
@@ -232,7 +284,8 @@ def _trap_sentences(judged: list[Group], report: Report) -> list[str]:
         gain = group.stats["gain"].mean
         validity_drop = group.mean("start_step_validity") - group.mean("step_validity")
         baseline = no_ttt.get(repr(ignition_key(group.cells[0])))
-        ig_change = group.mean("ig_total") - baseline.mean("ig_total") if baseline else math.nan
+        ig_readable = report.calibration is not None and report.calibration.holds()
+        ig_change = group.mean("ig_total") - baseline.mean("ig_total") if baseline and ig_readable else math.nan
         if validity_drop > TRAP_DROP or -ig_change > TRAP_DROP:
             traps.append(
                 f"{group.key['regime']} x `{signal_name(group)}` (accuracy {gain:+.3f}, "
@@ -658,6 +711,10 @@ def markdown(report: Report, embed: bool) -> str:
         "",
         f"Stability rule: {describe_rule(report.rule)}.",
         "",
+        "## Information gain calibration",
+        "",
+        *calibration_lines(report),
+        "",
         "## Variance: base-to-base vs cell-to-cell",
         "",
         variance_table(report),
@@ -676,27 +733,8 @@ def markdown(report: Report, embed: bool) -> str:
 
 
 def to_html(report: Report) -> str:
-    """A self-contained page: the Markdown's tables as HTML, plots embedded as data URIs."""
-    body = []
-    for block in markdown(report, embed=True).split("\n\n"):
-        block = block.strip()
-        if block.startswith("|"):
-            rows = [r for r in block.splitlines() if not r.startswith("| ---") and not r.startswith("|---")]
-            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]
-            head = "".join(f"<th>{c}</th>" for c in cells[0])
-            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rest}</tbody></table>")
-        elif block.startswith("!["):
-            alt, src = block[2:].split("](", 1)
-            body.append(f'<figure><img alt="{html.escape(alt)}" src="{src[:-1]}"></figure>')
-        elif block.startswith("#"):
-            level = len(block) - len(block.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(block.lstrip('#').strip())}</h{level}>")
-        elif block.startswith("- "):
-            items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in block.splitlines())
-            body.append(f"<ul>{items}</ul>")
-        else:
-            body.append(f"<p>{html.escape(block)}</p>")
+    """A self-contained page: the Markdown rendered by markdown-it, plots embedded as data URIs."""
+    body = MarkdownIt("commonmark").enable("table").render(markdown(report, embed=True))
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -704,7 +742,7 @@ def to_html(report: Report) -> str:
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>cttt report {html.escape(report.sweep)}"
-        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+        f"</title><style>{style}</style></head><body>{body}</body></html>"
     )
 
 
