@@ -93,7 +93,7 @@ def evaluate_split(
             hits = sum(task.answers_equal(a, problem.answer) for a in answers)
             row |= {
                 f"acc/mean@{cfg.k}": hits / cfg.k,
-                f"acc/maj@{cfg.k}": maj_at_k(answers, problem.answer),
+                f"acc/maj@{cfg.k}": maj_at_k(answers, problem.answer, task.answers_equal),
                 f"acc/pass@{cfg.k}": pass_at_k(cfg.k, hits, cfg.k),
             } | agreement(answers, hits)
         rows.append(row)

@@ -30,13 +30,12 @@ from catalyst_ttt.models import (
 )
 from catalyst_ttt.regimes import catalyst_rows
 from catalyst_ttt.results import RESULT, SAMPLES, CellDir
-from catalyst_ttt.signals import SIGNALS, Signal
+from catalyst_ttt.signals import SIGNALS, Signal, consensus_rows
 from catalyst_ttt.tasks.base import Task
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import (
     Diverged,
     StepHook,
-    consensus_rows,
     grpo,
     make_reward_function,
     set_threads,
@@ -238,9 +237,8 @@ def train_at_test_time(cfg, signal: Signal, task: Task, problems, model, tokeniz
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
         fail_at = int(cfg.fail_at.split("@")[1]) if cfg.fail_at else None
-        trainer_ref: dict = {}
-        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, trainer_ref, fail_at)
-        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, trainer_ref, [hook])
+        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer, fail_at)
+        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, [hook])
         return cfg.ttt.steps
     # self_sft: rounds of generate -> keep the majority-consistent completions -> SFT
     per_round = max(1, cfg.ttt.steps // cfg.signal.rounds)
