@@ -70,6 +70,7 @@ def sft(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
+    _drop_patched_forward(model)
 
 
 def make_reward_function(
@@ -186,6 +187,13 @@ def grpo(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
+    _drop_patched_forward(model)
+
+
+def _drop_patched_forward(model) -> None:
+    """TRL's trainers set `model.forward` to a closure over this object's original bound forward;
+    a deep copy of the model would keep running the original's weights, so restore the class's."""
+    vars(model).pop("forward", None)
 
 
 class StepHook(TrainerCallback):
