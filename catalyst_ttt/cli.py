@@ -232,11 +232,11 @@ def list_units() -> None:
     table.add_row("sweep", ", ".join(available_sweeps()))
     console.print(table)
     signals = Table(title="signals")
-    for column in ("signal", "trainer", "labels", "what it rewards"):
+    for column in ("signal", "trainer", "access", "what it rewards"):
         signals.add_column(column)
     for name in SIGNALS.names():
         signal = SIGNALS.get(name)
-        signals.add_row(name, signal.trainer or "-", signal.labels_note(), signal.description)
+        signals.add_row(name, signal.trainer or "-", signal.access_note(), signal.description)
     console.print(signals)
 
 

@@ -195,9 +195,9 @@ def validate(cfg: DictConfig) -> None:
     from catalyst_ttt.regimes import REGIMES
     from catalyst_ttt.signals import SIGNALS
 
-    build_task(cfg)  # loads and checks the task's data, if it has any
+    task = build_task(cfg)  # loads and checks the task's data, if it has any
     REGIMES.get(cfg.regime.name)
-    SIGNALS.get(cfg.signal.name)
+    SIGNALS.get(cfg.signal.name).check_task(task)
     if cfg.signal.reference not in ("majority", "gold"):
         raise UserError(f"signal.reference={cfg.signal.reference!r} is not valid; valid: majority, gold")
     if cfg.model.kind not in ("tiny", "hf"):

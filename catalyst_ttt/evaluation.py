@@ -113,7 +113,7 @@ def sample_metrics(task: Task, answers: list[str | None], gold: str, k: int) -> 
     subsets = list(itertools.combinations(answers, k))
     return {
         f"acc/mean@{k}": hits / n,
-        f"acc/maj@{k}": sum(maj_at_k(list(s), gold) for s in subsets) / len(subsets),
+        f"acc/maj@{k}": sum(maj_at_k(list(s), gold, task.answers_equal) for s in subsets) / len(subsets),
         f"acc/pass@{k}": pass_at_k(n, hits, k),
     } | agreement(answers, hits)
 

@@ -194,9 +194,8 @@ def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, 
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
         fail_at = int(cfg.fail_at.split("@")[1]) if cfg.fail_at else None
-        trainer_ref: dict = {}
-        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, trainer_ref, fail_at)
-        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, trainer_ref, [hook])
+        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer, fail_at)
+        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, [hook])
         return cfg.ttt.steps
     return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
 

@@ -63,6 +63,7 @@ class CellRecord:
             "config_hash": self.config_hash,
             "status": "failed",
             "uses_labels": uses_labels,
+            "access": signal.access_of(cfg.signal),
             "axes": axes_of(cfg),
             "config": config,
             "host": socket.gethostname(),

@@ -29,11 +29,13 @@ def no_catalyst(problems, task, cfg, seed) -> list[dict]:
 
 @REGIMES.register("answer_only")
 def answer_only(problems, task, cfg, seed) -> list[dict]:
+    """Prompt -> gold answer, no trace."""
     return [_row(task, p, ()) for p in problems]
 
 
 @REGIMES.register("correct")
 def correct(problems, task, cfg, seed) -> list[dict]:
+    """Prompt -> gold trace -> gold answer."""
     return [_row(task, p, p.steps) for p in problems]
 
 
@@ -62,9 +64,17 @@ def swapped(problems, task, cfg, seed) -> list[dict]:
 
 @REGIMES.register("illogical")
 def illogical(problems, task, cfg, seed) -> list[dict]:
-    """Gold structure, wrong intermediate values, gold answer (Schaeffer et al.)."""
+    """True facts in a broken chain, gold answer (Schaeffer et al., arXiv 2307.10573): every step's
+    output is its op applied to its stated input, but no step follows from the one before."""
     rng = random.Random(seed)
     return [_row(task, p, task.illogical_steps(p, rng)) for p in problems]
+
+
+@REGIMES.register("corrupted")
+def corrupted(problems, task, cfg, seed) -> list[dict]:
+    """The gold structure (same ops, step count, format) with false step outputs, gold answer."""
+    rng = random.Random(seed)
+    return [_row(task, p, task.corrupted_steps(p, rng)) for p in problems]
 
 
 def catalyst_rows(name: str, pool: list[Problem], task: Task, cfg: RegimeConfig, n: int, seed: int) -> list[dict]:

@@ -1,22 +1,36 @@
 """Test-time training signals: GRPO rewards and self-training rules on unlabeled prompts.
 
-A signal sees `RewardBatch`. Its `problems` carry no gold trace or answer unless the signal
-declares that it uses labels; only then is `gold` filled. The harness reads gold answers for
-diagnostics outside the signal (see `training.make_reward_function`).
+A signal is a small function registered with `@signal(name, trainer=..., access=...)`; its
+docstring says what it rewards and cites its source. A GRPO reward function gets a
+`RewardBatch` and returns, per completion, a float or None: None means "not scored" (the
+completion has no answer of the task's form), and the registered reward turns it into the
+signal's floor (0, or the group's minimum for a signal with signed rewards), so garbage is
+never rewarded above a well-formed completion.
+
+Access classes say what a signal may read (docs/signals.md). Its `problems` carry no gold trace
+or answer, and `gold` is None, unless the class is "gold" for the config. The harness reads
+gold answers for diagnostics outside the signal (see `training.make_reward_function`).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 from catalyst_ttt.config import SignalConfig
+from catalyst_ttt.errors import UserError
 from catalyst_ttt.registry import Registry
 from catalyst_ttt.scoring import completion_token_stats, continuation_logprobs
 from catalyst_ttt.tasks.base import Parsed, Problem, Task
+
+# What a signal reads, from least to most: the policy alone; a step checker that cannot tell
+# whether the chain solves the problem; a step checker whose all-valid chain fixes the answer;
+# the gold answers.
+ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
+ACCESS_MARKS = {"intrinsic": "", "partial verifier": "", "perfect verifier": "‡", "gold": "†"}
 
 
 @dataclass
@@ -41,37 +55,92 @@ class RewardBatch:
 class Signal:
     name: str
     trainer: str | None  # "grpo", "sft" or None (no TTT)
-    reward: Callable[[RewardBatch, SignalConfig], list[float]] | None
-    labels: Callable[[SignalConfig], bool] = lambda cfg: False
-    description: str = ""
+    rule: Callable  # grpo: (RewardBatch, SignalConfig) -> [float | None]; sft: the row filter
+    access: str = "intrinsic"  # its class with the default config
+    reads_reference: bool = False  # `signal.reference=gold` makes it read gold answers
+    needs_full_verifier: bool = False
+    unscored: str = "zero"  # what a completion without an answer gets: "zero" or "group_min"
+
+    @property
+    def description(self) -> str:
+        """The first sentence of the rule's docstring."""
+        return " ".join((self.rule.__doc__ or "").strip().split("\n\n")[0].split())
+
+    @property
+    def reward(self) -> Callable[[RewardBatch, SignalConfig], list[float]] | None:
+        return self.score if self.trainer == "grpo" else None
+
+    def score(self, batch: RewardBatch, cfg: SignalConfig) -> list[float]:
+        """The rule's rewards with every unscored completion at the signal's floor."""
+        raw = self.rule(batch, cfg)
+        rewards: list[float] = []
+        for group in batch.groups():
+            scored = [raw[i] for i in group if raw[i] is not None]
+            floor = min(scored) if self.unscored == "group_min" and scored else 0.0
+            rewards += [floor if raw[i] is None else float(raw[i]) for i in group]
+        return rewards
+
+    def access_of(self, cfg: SignalConfig) -> str:
+        """The access class under this config: one of ACCESS_CLASSES."""
+        return "gold" if self.reads_reference and cfg.reference == "gold" else self.access
 
     def uses_labels(self, cfg: SignalConfig) -> bool:
-        return self.labels(cfg)
+        return self.access_of(cfg) == "gold"
 
-    def labels_note(self) -> str:
-        """For listings: whether the signal reads gold answers, and when."""
-        if self.labels(SignalConfig(reference="majority")):
-            return "uses labels"
-        return "uses labels with reference=gold" if self.labels(SignalConfig(reference="gold")) else "label-free"
+    def access_note(self) -> str:
+        """For listings: the access class, and when it changes."""
+        return self.access + (" (gold with reference=gold)" if self.reads_reference else "")
+
+    def check_task(self, task: Task | type[Task]) -> None:
+        """Refuse a task this signal cannot score (before any compute)."""
+        if self.needs_full_verifier and not task.has_full_verifier:
+            from catalyst_ttt.tasks import TASKS
+
+            able = [n for n in TASKS.names() if TASKS.get(n).has_full_verifier]
+            raise UserError(
+                f"signal {self.name} needs a full step verifier, which task {task.name} lacks; "
+                f"tasks with one: {', '.join(able)}"
+            )
 
 
 SIGNALS: Registry[Signal] = Registry("signal")
 
 
-def majority_answer(answers: list[str | None]) -> str | None:
-    """The most common parsed answer; ties go to the answer that appears first; None if none."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == top)
+def signal(name: str, *, trainer: str | None, access: str = "intrinsic", **fields) -> Callable:
+    """Register the decorated function as signal `name` (its reward, or its rule for SFT)."""
+    if access not in ACCESS_CLASSES:
+        raise ValueError(f"signal {name}: unknown access class {access!r}")
+
+    def register(rule: Callable) -> Callable:
+        SIGNALS.register(name)(Signal(name, trainer, rule, access=access, **fields))
+        return rule
+
+    return register
+
+
+def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> str | None:
+    """The most common answer under `equal`; None if there is none.
+
+    Each answer joins the first earlier answer it equals, and a vote is named by its first
+    answer; ties go to the vote whose first answer came first.
+    """
+    votes: list[list[str]] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        vote = next((v for v in votes if equal(answer, v[0])), None)
+        if vote is None:
+            votes.append([answer])
+        else:
+            vote.append(answer)
+    return max(votes, key=len)[0] if votes else None  # max keeps the first of equals
 
 
 def group_majorities(batch: RewardBatch) -> list[str | None]:
     """Per completion, the majority answer of its generation group."""
     out: list[str | None] = []
     for group in batch.groups():
-        answer = majority_answer([batch.parsed[i].answer for i in group])
+        answer = majority_answer([batch.parsed[i].answer for i in group], batch.task.answers_equal)
         out.extend([answer] * len(group))
     return out
 
@@ -80,93 +149,153 @@ def references(batch: RewardBatch, cfg: SignalConfig) -> list[str | None]:
     return list(batch.gold) if cfg.reference == "gold" else group_majorities(batch)
 
 
-def _majority(batch, cfg):
-    return [float(p.answer is not None and p.answer == m) for p, m in zip(batch.parsed, group_majorities(batch))]
+@signal("none", trainer=None)
+def no_ttt() -> None:
+    """No test-time training: the model is evaluated as the catalyst left it (control)."""
 
 
-def _oracle(batch, cfg):
-    return [float(batch.task.answers_equal(p.answer, g)) for p, g in zip(batch.parsed, batch.gold)]
+@signal("self_sft", trainer="sft")
+def consensus_rows(task: Task, prompts: list[str], samples: list[list[str]]) -> list[dict]:
+    """SFT on own completions whose answer agrees with the prompt's majority answer (LMSI,
+    arXiv 2210.11610).
+
+    Votes use the task's `answers_equal`, ties as in `majority_answer`.
+    """
+    rows = []
+    for prompt, completions in zip(prompts, samples):
+        parsed = [task.parse(c) for c in completions]
+        majority = majority_answer([p.answer for p in parsed], task.answers_equal)
+        rows += [
+            {"prompt": prompt, "completion": c}
+            for c, p in zip(completions, parsed)
+            if majority is not None and task.answers_equal(p.answer, majority)
+        ]
+    return rows
 
 
-def _process(batch, cfg):
-    rewards = []
+@signal("majority", trainer="grpo")
+def majority(batch, cfg):
+    """1 if the answer equals its group's majority answer, else 0 (TTRL, arXiv 2504.16084).
+
+    Votes use the task's `answers_equal`; ties go to the answer seen first.
+    """
+    return [
+        None if p.answer is None else float(batch.task.answers_equal(p.answer, m))
+        for p, m in zip(batch.parsed, group_majorities(batch))
+    ]
+
+
+def _valid_step_share(batch: RewardBatch, local: bool) -> list[float | None]:
+    rewards: list[float | None] = []
     for problem, parsed in zip(batch.problems, batch.parsed):
-        flags = batch.task.step_validity(problem, parsed.steps)
-        rewards.append(sum(flags) / len(flags) if flags and parsed.steps else 0.0)
+        flags = batch.task.step_validity(problem, parsed.steps, local=local)
+        rewards.append(None if parsed.answer is None else (sum(flags) / len(flags) if flags else 0.0))
     return rewards
 
 
-def _trace_contexts(batch: RewardBatch) -> list[str]:
-    """Prompt + the generated trace, up to where the answer goes."""
-    return [p + batch.task.render(parsed.steps, "") for p, parsed in zip(batch.prompts, batch.parsed)]
+@signal("process", trainer="grpo", access="partial verifier")
+def process(batch, cfg):
+    """Fraction of locally valid steps: output = op(input) and inputs chain from the prompt;
+    the ops' order is not checked.
+
+    A calculator check, not a plan check, in the spirit of process rewards (Lightman et al.,
+    arXiv 2305.20050): a chain of true facts that does not solve the problem still scores 1.
+    """
+    return _valid_step_share(batch, local=True)
 
 
-def _reference_logprobs(batch, cfg) -> tuple[list[str | None], list[float]]:
-    """log pi(y_ref | x, trace) where there is a reference and the completion parses at all."""
+@signal("verifier", trainer="grpo", access="perfect verifier", needs_full_verifier=True)
+def verifier(batch, cfg):
+    """Fraction of fully valid steps: also the prompt's ops in order; an all-valid chain fixes
+    the answer.
+
+    RLVR-style with a rule-based step verifier (Lightman et al., arXiv 2305.20050): on alchemy and
+    arith this is a perfect verifier in disguise, marked ‡ in tables.
+    """
+    return _valid_step_share(batch, local=False)
+
+
+def _reference_logprobs(batch: RewardBatch, cfg: SignalConfig) -> list[float | None]:
+    """log pi(y_ref | x, trace) for each completion with an answer and a reference; None otherwise."""
     refs = references(batch, cfg)
-    scored = [i for i, r in enumerate(refs) if r is not None and (batch.parsed[i].steps or batch.parsed[i].answer)]
-    contexts = _trace_contexts(batch)
-    lps = continuation_logprobs(batch.model, batch.tokenizer, [contexts[i] for i in scored], [refs[i] for i in scored])
-    full = [float("-inf")] * len(refs)
-    for i, lp in zip(scored, lps):
-        full[i] = lp
-    return refs, full
+    scored = [i for i, r in enumerate(refs) if r is not None and batch.parsed[i].answer is not None]
+    contexts = [batch.prompts[i] + batch.task.render(batch.parsed[i].steps, "") for i in scored]
+    logprobs = continuation_logprobs(batch.model, batch.tokenizer, contexts, [refs[i] for i in scored])
+    out: list[float | None] = [None] * len(refs)
+    for i, lp in zip(scored, logprobs):
+        out[i] = lp
+    return out
 
 
-def _verifree(batch, cfg):
-    _, lps = _reference_logprobs(batch, cfg)
-    return [math.exp(lp) for lp in lps]
+@signal("verifree", trainer="grpo", reads_reference=True)
+def verifree(batch, cfg):
+    """pi(y_ref | x, trace): the policy's probability of the reference answer after the sampled
+    trace (VeriFree, arXiv 2505.21493).
+
+    y_ref is the group's majority answer by default (a label-free variant); `reference=gold` is
+    the paper's form, as a GRPO reward only (docs/signals.md).
+    """
+    return [None if lp is None else math.exp(lp) for lp in _reference_logprobs(batch, cfg)]
 
 
-def _predictive(batch, cfg):
-    refs, with_trace = _reference_logprobs(batch, cfg)
-    scored = [i for i, lp in enumerate(with_trace) if lp != float("-inf")]
-    without = continuation_logprobs(
-        batch.model,
-        batch.tokenizer,
-        [batch.prompts[i] + batch.task.render((), "") for i in scored],
-        [refs[i] for i in scored],
-    )
-    rewards = [0.0] * len(refs)
-    for i, lp0 in zip(scored, without):
-        rewards[i] = with_trace[i] - lp0
+@signal("predictive", trainer="grpo", reads_reference=True, unscored="group_min")
+def predictive(batch, cfg):
+    """log pi(y_ref | x, trace) minus its mean over the group's scored traces (Quiet-STaR's
+    baseline, arXiv 2403.09629).
+
+    Unparseable completions get the group's minimum.
+    """
+    logprobs = _reference_logprobs(batch, cfg)
+    rewards: list[float | None] = [None] * len(logprobs)
+    for group in batch.groups():
+        scored = [i for i in group if logprobs[i] is not None]
+        baseline = sum(logprobs[i] for i in scored) / len(scored) if scored else 0.0
+        for i in scored:
+            rewards[i] = logprobs[i] - baseline
     return rewards
 
 
-def _self_certainty(batch, cfg):
-    _, certainty = completion_token_stats(batch.model, batch.tokenizer, batch.prompts, batch.completion_ids)
-    return certainty
+def _token_stats(batch: RewardBatch):
+    """(mean token entropy, mean KL(uniform || p)) over each answered completion's tokens; None otherwise."""
+    scored = [i for i, p in enumerate(batch.parsed) if p.answer is not None]
+    entropy, certainty = completion_token_stats(
+        batch.model, batch.tokenizer, [batch.prompts[i] for i in scored], [batch.completion_ids[i] for i in scored]
+    )
+    stats = [None] * len(batch.parsed)
+    for i, e, c in zip(scored, entropy, certainty):
+        stats[i] = (e, c)
+    return stats
 
 
-def _entropy(batch, cfg):
-    entropy, _ = completion_token_stats(batch.model, batch.tokenizer, batch.prompts, batch.completion_ids)
-    return [-e for e in entropy]
+@signal("self_certainty", trainer="grpo")
+def self_certainty(batch, cfg):
+    """Mean over completion tokens of KL(uniform || p(.)) (Intuitor, arXiv 2505.19590)."""
+    return [None if s is None else s[1] for s in _token_stats(batch)]
 
 
-def _random(batch, cfg):
-    return [float(batch.rng.random() < 0.5) for _ in batch.completions]
+@signal("entropy", trainer="grpo")
+def entropy(batch, cfg):
+    """log|V| minus the mean token entropy over completion tokens (EM-RL's -H, arXiv 2505.15134,
+    shifted to be >= 0).
+
+    The shift by log|V| (the entropy of a uniform guess) cancels in GRPO's group normalisation;
+    it puts the floor of an unparseable completion at the uniform policy's reward.
+    """
+    log_vocab = math.log(batch.model.config.vocab_size)
+    return [None if s is None else log_vocab - s[0] for s in _token_stats(batch)]
 
 
-def _reference_is_gold(cfg: SignalConfig) -> bool:
-    return cfg.reference == "gold"
+@signal("random", trainer="grpo")
+def random_reward(batch, cfg):
+    """Bernoulli(0.5) per answered completion (spurious-reward control, arXiv 2506.10947)."""
+    draws = [float(batch.rng.random() < 0.5) for _ in batch.completions]
+    return [None if p.answer is None else d for p, d in zip(batch.parsed, draws)]
 
 
-for _signal in (
-    Signal("none", None, None, description="no test-time training"),
-    Signal("self_sft", "sft", None, description="SFT on own completions that agree with the majority answer"),
-    Signal("majority", "grpo", _majority, description="1 if the answer equals the group's majority (TTRL)"),
-    Signal("process", "grpo", _process, description="fraction of steps the task's verifier accepts"),
-    Signal("verifree", "grpo", _verifree, _reference_is_gold, "pi(y_ref | x, trace) (VeriFree)"),
-    Signal(
-        "predictive",
-        "grpo",
-        _predictive,
-        _reference_is_gold,
-        "log pi(y_ref | x, trace) - log pi(y_ref | x) (Quiet-STaR-style)",
-    ),
-    Signal("self_certainty", "grpo", _self_certainty, description="mean KL(uniform || p) (Intuitor)"),
-    Signal("entropy", "grpo", _entropy, description="minus mean token entropy (EM-RL)"),
-    Signal("random", "grpo", _random, description="Bernoulli(0.5) spurious-reward control"),
-    Signal("oracle", "grpo", _oracle, lambda cfg: True, "1 if the answer equals the gold answer (RLVR ceiling)"),
-):
-    SIGNALS.register(_signal.name)(_signal)
+@signal("oracle", trainer="grpo", access="gold")
+def oracle(batch, cfg):
+    """1 if the answer equals the gold answer (RLVR ceiling, not a test-time method)."""
+    return [
+        None if p.answer is None else float(batch.task.answers_equal(p.answer, g))
+        for p, g in zip(batch.parsed, batch.gold)
+    ]

@@ -14,7 +14,7 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from catalyst_ttt.config import CellConfig
 from catalyst_ttt.evaluation import generate
-from catalyst_ttt.signals import RewardBatch, Signal, group_majorities, majority_answer
+from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, group_majorities
 from catalyst_ttt.tasks.base import Problem, Task
 
 
@@ -71,15 +71,17 @@ def sft(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
+    _drop_patched_forward(model)
 
 
 def make_reward_function(
-    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], trainer_ref: dict, fail_at: int | None
+    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], model, tokenizer, fail_at: int | None
 ) -> Callable:
-    """A TRL reward function for `signal`, plus TTRL diagnostics that read gold answers.
+    """A TRL reward function for `signal` scoring with `model` (the policy GRPO trains in place),
+    plus diagnostics that read gold answers.
 
-    The gold answers are read here, after the signal has scored the batch; a label-free signal
-    is given unlabeled problems and no gold list.
+    The gold answers are read here, after the signal has scored the batch; a signal whose access
+    class is not "gold" is given unlabeled problems and no gold list.
     """
     uses_labels = signal.uses_labels(cfg.signal)
     rng = random.Random(cfg.seed)
@@ -96,8 +98,8 @@ def make_reward_function(
             problems=items if uses_labels else [p.unlabeled() for p in items],
             group_size=cfg.ttt.num_generations,
             task=task,
-            model=trainer_ref["trainer"].model,
-            tokenizer=trainer_ref["tokenizer"],
+            model=model,
+            tokenizer=tokenizer,
             gold=gold if uses_labels else None,
             rng=rng,
         )
@@ -108,7 +110,8 @@ def make_reward_function(
         if any(math.isnan(r) for r in rewards):  # TRL would read NaN as "abstain" and train on
             raise Diverged(step + 1, f"{signal.name} reward")
         if log_metric is not None:
-            for name, value in ttrl_diagnostics(batch, gold, rewards, task).items():
+            diagnostics = ttrl_diagnostics(batch, gold, rewards, task) | reward_diagnostics(batch, rewards)
+            for name, value in diagnostics.items():
                 log_metric(name, value)
         return rewards
 
@@ -116,21 +119,40 @@ def make_reward_function(
     return reward
 
 
+def reward_diagnostics(batch: RewardBatch, rewards: list[float]) -> dict[str, float]:
+    """ttt/frac_zero_std: share of groups whose rewards are all equal (GRPO learns nothing from them)."""
+    flat = [len({rewards[i] for i in group}) == 1 for group in batch.groups()]
+    return {"ttt/frac_zero_std": sum(flat) / len(flat)}
+
+
 def ttrl_diagnostics(batch: RewardBatch, gold: list[str], rewards: list[float], task: Task) -> dict[str, float]:
-    """label_acc: majority answer right; reward_acc: proxy reward (>= 0.5) agrees with the oracle."""
+    """From gold answers, outside the signal (votes use `answers_equal`, as the rewards do).
+
+    label_acc: the group's majority answer is right; majority_ratio: share of the group that
+    voted for it; reward_acc: the reward (>= 0.5) agrees with the oracle; oracle_acc: answers
+    right; local_valid_wrong: every step locally valid but the answer wrong (how often the
+    `process` check is satisfied by a chain that does not solve the problem).
+    """
     majorities = group_majorities(batch)
     label_hits, ratios = [], []
     for group in batch.groups():
-        answers = [batch.parsed[i].answer for i in group]
-        label_hits.append(float(task.answers_equal(majorities[group[0]], gold[group[0]])))
-        ratios.append(answers.count(majorities[group[0]]) / len(group) if majorities[group[0]] else 0.0)
+        majority = majorities[group[0]]
+        label_hits.append(float(task.answers_equal(majority, gold[group[0]])))
+        votes = sum(task.answers_equal(batch.parsed[i].answer, majority) for i in group) if majority else 0
+        ratios.append(votes / len(group))
     oracle = [task.answers_equal(p.answer, g) for p, g in zip(batch.parsed, gold)]
     agree = [float((r >= 0.5) == o) for r, o in zip(rewards, oracle)]
+    local_valid = [
+        bool(flags) and all(flags)
+        for flags in (task.step_validity(q, p.steps, local=True) for q, p in zip(batch.problems, batch.parsed))
+    ]
+    hacked = [v and not o for v, o in zip(local_valid, oracle)]
     return {
         "ttrl/label_acc": sum(label_hits) / len(label_hits),
         "ttrl/majority_ratio": sum(ratios) / len(ratios),
         "ttrl/reward_acc": sum(agree) / len(agree),
         "ttrl/oracle_acc": sum(oracle) / len(oracle),
+        "ttrl/local_valid_wrong": sum(hacked) / len(hacked),
     }
 
 
@@ -141,10 +163,9 @@ def grpo(
     reward_fn: Callable,
     cfg: CellConfig,
     max_completion_length: int,
-    trainer_ref: dict,
     callbacks: list[TrainerCallback],
 ) -> None:
-    """GRPO on unlabeled prompts in place; `trainer_ref` lets model-based rewards see the policy."""
+    """GRPO on unlabeled prompts, training `model` in place (rewards may score with it)."""
     t = cfg.ttt
     with tempfile.TemporaryDirectory() as scratch:
         args = GRPOConfig(
@@ -166,22 +187,14 @@ def grpo(
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)
-        trainer_ref.update(trainer=trainer, tokenizer=tokenizer)
         trainer.train()
+    _drop_patched_forward(model)
 
 
-def consensus_rows(task: Task, prompts: list[str], samples: list[list[str]]) -> list[dict]:
-    """self_sft's data: each prompt's own completions that agree with its majority answer."""
-    rows = []
-    for prompt, completions in zip(prompts, samples):
-        parsed = [task.parse(c) for c in completions]
-        majority = majority_answer([p.answer for p in parsed])
-        rows += [
-            {"prompt": prompt, "completion": c}
-            for c, p in zip(completions, parsed)
-            if majority is not None and p.answer == majority
-        ]
-    return rows
+def _drop_patched_forward(model) -> None:
+    """TRL's trainers set `model.forward` to a closure over this object's original bound forward;
+    a deep copy of the model would keep running the original's weights, so restore the class's."""
+    vars(model).pop("forward", None)
 
 
 class StepHook(TrainerCallback):
@@ -198,7 +211,7 @@ class StepHook(TrainerCallback):
         for key in ("loss", "reward"):
             if key in logs and isinstance(logs[key], float) and math.isnan(logs[key]):
                 raise Diverged(step, key)
-        self.on_log_fn(step, {k if k.startswith("ttrl/") else f"ttt/{k}": v for k, v in logs.items()})
+        self.on_log_fn(step, {k if k.startswith(("ttrl/", "ttt/")) else f"ttt/{k}": v for k, v in logs.items()})
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step + self.offset

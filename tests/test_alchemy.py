@@ -1,12 +1,12 @@
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.regimes import REGIMES
-from catalyst_ttt.tasks.alchemy import OPS, Alchemy, AlchemyConfig, apply_op, format_step
+from catalyst_ttt.tasks.alchemy import OPS, Alchemy, AlchemyConfig, apply_op, format_step, parse_step, true_fact
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,24 @@ def test_verifier_rejects_one_wrong_step(task):
     problem = task.make_problem("ABCD", ("rot", "rev", "inc"))
     wrong_output = ("rot ABCD>FGHI", "rev FGHI>IHGE", "inc IHGE>JIHF")
     assert task.step_validity(problem, wrong_output) == [True, False, True]  # the chain carries on from IHGE
+    assert task.step_validity(problem, wrong_output, local=True) == [True, False, True]
     wrong_op = ("rot ABCD>FGHI", "shf FGHI>GHIF", "inc GHIF>HIJG")
     assert task.step_validity(problem, wrong_op) == [True, False, True]
+    assert task.step_validity(problem, wrong_op, local=True) == [True, True, True]  # true facts, chained
     broken_chain = ("rot ABCD>FGHI", "rev FGHJ>JHGF", "inc JHGF>AIHG")
-    assert task.step_validity(problem, broken_chain)[1] is False
+    assert task.step_validity(problem, broken_chain) == [True, False, True]
+    assert task.step_validity(problem, broken_chain, local=True) == [True, False, True]
     assert task.step_validity(problem, problem.steps[:2]) == [True, True, False]  # a missing step counts invalid
+    assert task.step_validity(problem, problem.steps[:2], local=True) == [True, True]  # the local check has no plan
+
+
+def test_local_check_knows_facts_and_chains_but_not_the_plan(task):
+    problem = task.make_problem("ABCD", ("rot",))
+    assert task.step_validity(problem, ("rev ABCD>DCBA",), local=True) == [True]
+    assert task.step_validity(problem, ("rev ABCD>DCBA",)) == [False]
+    assert task.step_validity(problem, ("rev ABCD>DCBA", "inc DCBA>EDCB", "shf EDCB>DCBE"), local=True) == [True] * 3
+    assert task.step_validity(problem, ("rev ABCE>ECBA",), local=True) == [False]  # not the prompt's element
+    assert task.step_validity(problem, ("nop ABCD>ABCD", "rev ABCD", "rot>"), local=True) == [False] * 3
 
 
 def test_verifier_needs_no_gold_answer(task, splits):
@@ -72,6 +85,7 @@ def test_verifier_needs_no_gold_answer(task, splits):
         assert task.step_validity(problem.unlabeled(), problem.steps) == task.step_validity(problem, problem.steps)
 
 
+@settings(derandomize=True)
 @given(st.text(max_size=200))
 def test_parser_survives_garbage(text):
     parsed = Alchemy(AlchemyConfig(n_train=1)).parse(text)
@@ -79,18 +93,25 @@ def test_parser_survives_garbage(text):
     assert parsed.answer is None or isinstance(parsed.answer, str)
 
 
+@settings(derandomize=True)
 @given(st.text(alphabet="rotshfevinc ABCDEFGHIJ>;#:_\n", max_size=120))
 def test_verifier_survives_garbage(text):
     task = Alchemy(AlchemyConfig(n_train=1))
     problem = task.make_problem("ABCD", ("rot", "rev"))
-    flags = task.step_validity(problem, task.parse(text).steps)
-    assert len(flags) >= 2 and all(isinstance(f, bool) for f in flags)
+    steps = task.parse(text).steps
+    assert task.step_validity(problem, steps, local=True) == [
+        task.step_valid(problem, i, s, steps[i - 1] if i else None, local=True) for i, s in enumerate(steps)
+    ]
+    full = task.step_validity(problem, steps)
+    assert len(full) == max(2, len(steps)) and sum(full) <= 2
 
 
 def test_parser_reads_answer_only_and_missing_answer(task):
     assert task.parse("#ABCD").answer == "ABCD" and task.parse("#ABCD").steps == ()
     assert task.parse("rot ABCD>FGHI").answer is None
     assert task.parse("").steps == () and task.parse("").answer is None
+    assert task.parse("###").answer is None and task.parse("#AB#").answer is None  # "##" is not an element
+    assert task.parse("#ABCZ").answer is None  # Z is outside the 10-letter alphabet
 
 
 def test_splits_are_disjoint_and_shifted(task, splits):
@@ -113,19 +134,52 @@ def test_base_corpus_never_shows_prompt_then_trace(task):
         assert not colon or rest.startswith("#"), text
 
 
-def test_illogical_keeps_structure_and_breaks_every_step(task, splits):
-    rows = REGIMES.get("illogical")(splits["train"], task, RegimeConfig(name="illogical"), 0)
-    for problem, row in zip(splits["train"], rows):
-        parsed = task.parse(row["completion"])
-        assert len(parsed.steps) == problem.num_steps and parsed.answer == problem.answer
-        assert [s.split(" ")[0] for s in parsed.steps] == problem.spec["ops"]
-        assert not any(task.step_validity(problem, parsed.steps))
+ELEMENTS = st.text(alphabet="ABCDEFGHIJ", min_size=1, max_size=6)
+COMPOSITIONS = st.lists(st.sampled_from(OPS), min_size=1, max_size=4).map(tuple)
 
 
-def test_illogical_is_seeded(task, splits):
-    a = task.illogical_steps(splits["train"][0], random.Random(1))
-    b = task.illogical_steps(splits["train"][0], random.Random(1))
-    assert a == b
+@settings(derandomize=True, max_examples=200)
+@given(start=ELEMENTS, ops=COMPOSITIONS, seed=st.integers(0, 10_000))
+def test_illogical_states_true_facts_in_a_broken_chain(task, start, ops, seed):
+    problem = task.make_problem(start, ops)
+    steps = task.illogical_steps(problem, random.Random(seed))
+    assert len(steps) == len(ops) and [parse_step(s)[0] for s in steps] == list(ops)
+    assert all(true_fact(s, task.cfg.alphabet_size) for s in steps)  # every step a true fact
+    assert not any(task.step_validity(problem, steps, local=True))  # no step follows from the one before
+    assert not any(task.step_validity(problem, steps))
+
+
+@settings(derandomize=True, max_examples=200)
+@given(start=ELEMENTS, ops=COMPOSITIONS, seed=st.integers(0, 10_000))
+def test_corrupted_keeps_the_gold_structure_with_false_outputs(task, start, ops, seed):
+    problem = task.make_problem(start, ops)
+    steps = task.corrupted_steps(problem, random.Random(seed))
+    assert len(steps) == len(ops) and [parse_step(s)[0] for s in steps] == list(ops)
+    assert parse_step(steps[0])[1] == start
+    assert all(parse_step(s)[1] == parse_step(p)[2] for p, s in zip(steps, steps[1:]))  # inputs chain
+    assert not any(true_fact(s, task.cfg.alphabet_size) for s in steps)  # every stated output false
+
+
+def test_regime_rows_keep_the_gold_answer(task, splits):
+    for name in ("illogical", "corrupted"):
+        rows = REGIMES.get(name)(splits["train"], task, RegimeConfig(name=name), 0)
+        assert [task.parse(r["completion"]).answer for r in rows] == [p.answer for p in splits["train"]]
+        assert [r["prompt"] for r in rows] == [p.prompt for p in splits["train"]]
+
+
+def test_illogical_and_corrupted_by_hand(task):
+    problem = task.make_problem("ABCD", ("rot", "rev"))  # gold: rot ABCD>FGHI; rev FGHI>IHGF
+    steps = task.illogical_steps(problem, random.Random(0))
+    # inputs drawn from the problem's own elements, never the one the chain requires
+    assert parse_step(steps[0])[1] in ("FGHI", "IHGF") and parse_step(steps[1])[1] != parse_step(steps[0])[2]
+    assert task.corrupted_steps(problem, random.Random(0))[0].startswith("rot ABCD>")
+
+
+@pytest.mark.parametrize("builder", ["illogical_steps", "corrupted_steps"])
+def test_corruptions_are_seeded(task, builder):
+    build, problem = getattr(task, builder), task.make_problem("ABCD", ("rot", "rev", "inc"))
+    assert build(problem, random.Random(1)) == build(problem, random.Random(1))
+    assert len({build(problem, random.Random(seed)) for seed in range(20)}) > 1
 
 
 def test_unknown_op_is_a_user_error():

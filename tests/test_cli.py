@@ -9,7 +9,10 @@ from helpers.cells import cttt
     "args, says",
     [
         (["run", "task=nope"], "unknown task 'nope'; valid: alchemy, arith, gsm8k"),
-        (["run", "regime=nope"], "unknown regime 'nope'; valid: answer_only, correct, illogical, none, swapped"),
+        (
+            ["run", "regime=nope"],
+            "unknown regime 'nope'; valid: answer_only, correct, corrupted, illogical, none, swapped",
+        ),
         (["run", "signal=nope"], "unknown signal 'nope'; valid: entropy, majority, none"),
         (["run", "ttt.steps=-1"], "ttt.steps=-1 is not valid; it must be >= 0"),
         (["run", "ttt.steps=abc"], "could not be converted to Integer"),

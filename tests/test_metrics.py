@@ -40,10 +40,11 @@ def test_pass_at_k_matches_brute_force(seed):
 
 
 def test_maj_at_k_with_ties():
-    assert maj_at_k(["A", "B", "B", "A"], "A") == 1.0  # tie: the first seen wins
-    assert maj_at_k(["B", "A", "A", "B"], "A") == 0.0
-    assert maj_at_k([None, None, "A"], "A") == 1.0  # unparseable samples do not vote
-    assert maj_at_k([None, None], "A") == 0.0
+    equal = TASK.answers_equal
+    assert maj_at_k(["A", "B", "B", "A"], "A", equal) == 1.0  # tie: the first seen wins
+    assert maj_at_k(["B", "A", "A", "B"], "A", equal) == 0.0
+    assert maj_at_k([None, None, "A"], "A", equal) == 1.0  # unparseable samples do not vote
+    assert maj_at_k([None, None], "A", equal) == 0.0
 
 
 def test_agreement_collapse_and_diversity():

@@ -12,8 +12,10 @@ from catalyst_ttt.cli import app
 from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.regimes import REGIMES, catalyst_rows
 from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig
+from catalyst_ttt.tasks.alchemy import true_fact as alchemy_true_fact
 from catalyst_ttt.tasks.arith import Arith, ArithConfig, column_steps
-from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
+from catalyst_ttt.tasks.arith import true_fact as arith_true_fact
+from catalyst_ttt.tasks.gsm8k import ANNOTATION, GSM8K, GSM8KConfig, UnsafeExpression, annotation_valid, safe_eval
 from helpers.cells import run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
@@ -50,7 +52,7 @@ def _pool(tasks, name):
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), n=st.integers(2, 120), match=st.booleans())
 def test_swapped_never_keeps_its_own_trace_and_keeps_every_answer(tasks, name, seed, n, match):
     task, pool = _pool(tasks, name)
@@ -75,22 +77,67 @@ def test_swapped_matches_step_counts_by_default(tasks, name):
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000))
-def test_illogical_keeps_structure_and_breaks_the_steps(tasks, name, seed):
+def test_corrupted_keeps_structure_and_falsifies_every_step(tasks, name, seed):
     task, pool = _pool(tasks, name)
-    rows = REGIMES.get("illogical")(pool, task, RegimeConfig("illogical"), seed)
-    checked = invalid = 0
+    rows = REGIMES.get("corrupted")(pool, task, RegimeConfig("corrupted"), seed)
     for problem, row in zip(pool, rows):
         parsed = task.parse(row["completion"])
         assert len(parsed.steps) == problem.num_steps and parsed.answer == problem.answer
         for gold, step in zip(problem.steps, parsed.steps):
             assert _shape(gold) == _shape(step)  # same format: only the values differ
-        flags = task.step_validity(problem, parsed.steps)
-        carries_values = [("<<" in s) or name != "gsm8k" for s in problem.steps]
-        checked += sum(carries_values)
-        invalid += sum(not f for f, c in zip(flags, carries_values) if c)
-    assert invalid / checked >= 0.95
+            assert _plan(name, step) == _plan(name, gold)  # same ops (alchemy), same digits (arith)
+            if name != "gsm8k" or "<<" in gold:
+                assert not _true_fact(task, step), (gold, step)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000))
+def test_illogical_states_true_facts_in_a_broken_chain(tasks, name, seed):
+    task, pool = _pool(tasks, name)
+    rows = REGIMES.get("illogical")(pool, task, RegimeConfig("illogical"), seed)
+    for problem, row in zip(pool, rows):
+        parsed = task.parse(row["completion"])
+        assert len(parsed.steps) == problem.num_steps and parsed.answer == problem.answer
+        assert all(_true_fact(task, step) for step in parsed.steps)
+        if name == "gsm8k":  # the gold lines, none in its place (a one-line solution has no order to break)
+            assert sorted(parsed.steps) == sorted(problem.steps)
+            assert len(set(problem.steps)) < 2 or all(s != g for s, g in zip(parsed.steps, problem.steps))
+        else:
+            assert not any(task.step_validity(problem, parsed.steps, local=True))  # no step follows the one before
+            assert [_plan(name, s) for s in parsed.steps] == [_plan(name, g) for g in problem.steps]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(a=st.integers(0, 99_999), b=st.integers(0, 99_999), seed=st.integers(0, 10_000))
+def test_arith_illogical_and_corrupted_on_any_sum(tasks, a, b, seed):
+    task = tasks["arith"]
+    problem = task.make_problem(a, b)
+    illogical = task.illogical_steps(problem, random.Random(seed))
+    assert all(arith_true_fact(s) for s in illogical) and not any(task.step_validity(problem, illogical, local=True))
+    corrupted = task.corrupted_steps(problem, random.Random(seed))
+    assert [_plan("arith", s) for s in corrupted] == [_plan("arith", g) for g in problem.steps]
+    assert not any(arith_true_fact(s) for s in corrupted)
+
+
+def _true_fact(task, step: str) -> bool:
+    """The step's own statement is true (whether or not it follows from the steps before it)."""
+    if task.name == "alchemy":
+        return alchemy_true_fact(step, task.cfg.alphabet_size)
+    if task.name == "arith":
+        return arith_true_fact(step)
+    return all(annotation_valid(expr, value) for expr, value in ANNOTATION.findall(step))
+
+
+def _plan(name: str, step: str):
+    """What the plan fixes: the op (alchemy), the two digits (arith); gsm8k states no plan."""
+    if name == "alchemy":
+        return step.split(" ")[0]
+    if name == "arith":
+        return step.split("+")[:2]
+    return None
 
 
 def _shape(step: str) -> str:
@@ -125,6 +172,14 @@ def test_arith_steps_by_hand():
     # a dropped carry is invalid; the next step is judged against the step before it
     assert task.step_validity(problem, ("7+5+0=12", "4+8+0=12", "3+4+1=8")) == [True, False, True]
     assert task.step_validity(problem, ("7+5+0=12",)) == [True, False, False]
+    # the local check: each column's sum is right and its carry follows the previous sum, whatever the digits
+    assert task.step_validity(problem, ("1+1+0=2", "9+9+0=18", "0+0+1=1"), local=True) == [True, True, True]
+    assert task.step_validity(problem, ("1+1+0=2", "9+9+0=18", "0+0+1=1")) == [False, False, False]
+    assert task.step_validity(problem, ("7+5+0=12", "4+8+0=12", "3+4+1=8"), local=True) == [True, False, True]
+    assert task.step_validity(problem, ("7+5+0=13",), local=True) == [False]
+    assert task.step_validity(problem, ("7+5+0=12",), local=True) == [True]  # no plan: no missing steps
+    assert task.illogical_steps(problem, random.Random(0)) == ("7+5+1=13", "4+8+0=12", "3+4+0=7")
+    assert [task.parse(t).answer for t in ("#832", "#-3", "#8a2", "###", "#8#")] == ["832", "-3", None, None, None]
     assert {len(str(p.spec["a"])) for p in task.splits()["shift_length"]} == {5}
 
 
@@ -136,6 +191,19 @@ def test_gsm8k_verifier_accepts_real_solutions_and_rejects_a_wrong_annotation(ta
         assert task.answers_equal(task.parse(task.render(problem.steps, problem.answer)).answer, problem.answer)
     assert not task.step_valid(problem, 0, "Weng earns 12/60 = $<<12/60=0.3>>0.3 per minute.", None)
     assert task.answers_equal("10.0", "10") and not task.answers_equal("11", "10")
+    for steps in (("x = <<2*3=6>>6",), ("x = <<2*3=7>>7",)):  # the calculator check is local whatever is asked
+        assert task.step_validity(problem, steps, local=True) == task.step_validity(problem, steps)
+    assert not task.has_full_verifier and tasks["alchemy"].has_full_verifier and tasks["arith"].has_full_verifier
+
+
+def test_gsm8k_illogical_rotates_the_lines_and_corrupted_falsifies_the_annotations(tasks):
+    task = tasks["gsm8k"]
+    problem = next(p for p in task.problems if p.prompt.startswith(REAL_GSM8K["question"][:20]))
+    first, second = problem.steps
+    assert task.illogical_steps(problem, random.Random(0)) == (second, first)  # 72 stated before the 24 it adds
+    corrupted = task.corrupted_steps(problem, random.Random(0))
+    assert [ANNOTATION.findall(s)[0][0] for s in corrupted] == ["48/2", "48+24"]
+    assert not any(task.step_validity(problem, corrupted))
 
 
 @pytest.mark.parametrize(
@@ -202,7 +270,7 @@ def test_gsm8k_parquet_file(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task_name", TASK_NAMES)
-@pytest.mark.parametrize("regime", ["none", "answer_only", "correct", "swapped", "illogical"])
+@pytest.mark.parametrize("regime", ["none", "answer_only", "correct", "swapped", "illogical", "corrupted"])
 def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name, regime):
     extra = []
     if task_name == "gsm8k":

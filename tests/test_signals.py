@@ -1,4 +1,4 @@
-"""TTT signals: rewards on hand-written completions, and no label leak through real GRPO/SFT."""
+"""TTT signals: rewards by value on hand-made groups, and no label leak through real GRPO/SFT."""
 
 import copy
 import math
@@ -7,32 +7,81 @@ from dataclasses import replace
 
 import pytest
 import torch
+from transformers import TrainerState
 
 from catalyst_ttt.config import SignalConfig, compose_cell
+from catalyst_ttt.errors import UserError
 from catalyst_ttt.evaluation import Trajectory
+from catalyst_ttt.metrics.accuracy import maj_at_k
 from catalyst_ttt.pipeline import train_at_test_time
 from catalyst_ttt.results import CellDir
-from catalyst_ttt.signals import SIGNALS, RewardBatch, majority_answer
+from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
+from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
 from catalyst_ttt.tracking import Tracker
+from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics
 from helpers.cells import SPLITS, TASK, run
+from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
+GRPO = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
 LABEL_FREE = [n for n in SIGNALS.names() if not SIGNALS.get(n).uses_labels(SignalConfig()) and n != "none"]
 
+# One alchemy problem and a hand-made group: AB -rot-> FG -rev-> GF (alphabet A-J).
+PROBLEM = TASK.make_problem("AB", ("rot", "rev"))
+GOLD = "rot AB>FG;rev FG>GF#GF"
+WRONG_STEP = "rot AB>FG;rev FG>FG#FG"  # parses; its second step's output is false
+WRONG_OPS = "shf AB>BA;inc BA>CB#CB"  # every step a true fact chained from AB, but not the prompt's ops
+ANSWER_ONLY = "#GF"
+GROUP = [GOLD, "###", "", "rot AB>", WRONG_STEP, WRONG_OPS, ANSWER_ONLY]
+SCORED = [0, 4, 5, 6]  # the completions with an answer of the task's form
 
-def batch_of(completions, problems, group_size, model=None, tokenizer=None, gold=None, seed=0):
+
+def batch_of(completions, problems, group_size, model=None, tokenizer=None, gold=None, seed=0, task=TASK):
     return RewardBatch(
         prompts=[p.prompt for p in problems],
         completions=completions,
         completion_ids=[tokenizer(c, add_special_tokens=False)["input_ids"] if tokenizer else [] for c in completions],
-        parsed=[TASK.parse(c) for c in completions],
+        parsed=[task.parse(c) for c in completions],
         problems=[p.unlabeled() for p in problems],
         group_size=group_size,
-        task=TASK,
+        task=task,
         model=model,
         tokenizer=tokenizer,
         gold=gold,
         rng=random.Random(seed),
     )
+
+
+def group_batch(model=None, tokenizer=None, seed=0):
+    return batch_of(GROUP, [PROBLEM] * len(GROUP), len(GROUP), model, tokenizer, [PROBLEM.answer] * len(GROUP), seed)
+
+
+@pytest.fixture(scope="module")
+def gsm8k(tmp_path_factory):
+    path = write_jsonl(tmp_path_factory.mktemp("gsm") / "gsm.jsonl", gsm8k_rows(12))
+    return GSM8K(GSM8KConfig(path=str(path), n_id=4, n_heldout=4)), path
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["###", "#GF#", "##GF", "#gf", "#GK", "#G F", "#", "rot AB>", "", "\n"])
+def test_alchemy_parse_refuses_what_is_not_an_element(text):
+    assert TASK.parse(text).answer is None  # K is outside the 10-letter alphabet; "##" is no answer
+
+
+def test_parse_reads_answers_of_the_task_form(gsm8k):
+    from catalyst_ttt.tasks.arith import Arith, ArithConfig
+
+    assert TASK.parse(GOLD).answer == "GF" and TASK.parse(GOLD).steps == ("rot AB>FG", "rev FG>GF")
+    arith = Arith(ArithConfig(n_train=1))
+    assert arith.parse("7+5+0=12#832").answer == "832"
+    assert [arith.parse(t).answer for t in ("#83a", "###", "#8#3", "#", "# 8 3")] == [None] * 5
+    task, _ = gsm8k
+    assert [task.parse(t).answer for t in ("x\n#### 1,200", "#### $12", "#### 12.0")] == ["1200", "$12", "12.0"]
+    assert [task.parse(t).answer for t in ("#####", "#### ##", "#### apples", "### 12")] == [None] * 4
+
+
+# -- votes -------------------------------------------------------------------------------
 
 
 def test_majority_tie_goes_to_the_answer_seen_first():
@@ -41,77 +90,199 @@ def test_majority_tie_goes_to_the_answer_seen_first():
     assert majority_answer([None, None]) is None
 
 
-def test_majority_reward_on_a_hand_written_group():
-    problem = TASK.make_problem("ABCD", ("rev",))
-    completions = ["rev ABCD>DCBA#DCBA", "#DCBA", "#ABCD", "garbage", "#ABCD", "#DCBA"]
-    rewards = SIGNALS.get("majority").reward(batch_of(completions, [problem] * 6, 6), SignalConfig())
-    assert rewards == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]  # DCBA and ABCD tie at 2; DCBA came first
+def test_votes_use_the_tasks_answers_equal(gsm8k):
+    task, _ = gsm8k
+    answers = ["12", "13", "12.0", "13", "$12"]
+    assert majority_answer(answers) == "13"  # as strings, 13 has two votes and 12 one of each spelling
+    assert majority_answer(answers, task.answers_equal) == "12"  # three votes for twelve
+    assert maj_at_k(answers, "12", task.answers_equal) == 1.0 and maj_at_k(answers, "13", task.answers_equal) == 0.0
+    assert majority_answer(["13", "12", "12.0", "13"], task.answers_equal) == "13"  # a tie: first seen wins
+    completions = [f"x\n#### {a}" for a in answers]
+    problem = replace(task.problems[0], prompt="q\n")
+    batch = batch_of(completions, [problem] * 5, 5, task=task)
+    assert SIGNALS.get("majority").reward(batch, SignalConfig()) == [1.0, 0.0, 1.0, 0.0, 1.0]
+    rows = consensus_rows(task, ["q\n"], [completions])
+    assert [r["completion"] for r in rows] == [completions[0], completions[2], completions[4]]
 
 
-def test_process_reward_gold_is_one_and_a_wrong_step_is_less():
-    problem = TASK.make_problem("ABCD", ("rot", "rev", "inc"))
-    gold = TASK.render(problem.steps, problem.answer)
-    one_wrong = "rot ABCD>FGHI;rev FGHI>IHGE;inc IHGE>JIHF#JIHF"
-    rewards = SIGNALS.get("process").reward(batch_of([gold, one_wrong, "???"], [problem] * 3, 3), SignalConfig())
-    assert rewards[0] == 1.0 and rewards[1] == pytest.approx(2 / 3) and rewards[2] == 0.0
+# -- every signal's reward on one hand-made group ----------------------------------------
 
 
-@pytest.mark.parametrize("name", SIGNALS.names())
-def test_unparseable_completions_get_zero_and_never_crash(taught, name):
-    signal = SIGNALS.get(name)
-    if signal.reward is None:
-        pytest.skip("no reward function: not a GRPO signal")
-    model, tokenizer = taught
+def test_majority_reward_by_value():
+    assert SIGNALS.get("majority").reward(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 1.0]
+
+
+def test_oracle_reward_by_value():
+    assert SIGNALS.get("oracle").reward(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 1.0]
+
+
+def test_process_rewards_local_validity_and_verifier_the_full_check():
+    process = SIGNALS.get("process").reward(group_batch(), SignalConfig())
+    verifier = SIGNALS.get("verifier").reward(group_batch(), SignalConfig())
+    # the wrong ops form a locally valid chain: process pays it in full, the verifier not at all
+    assert process == [1.0, 0, 0, 0, 0.5, 1.0, 0.0]
+    assert verifier == [1.0, 0, 0, 0, 0.5, 0.0, 0.0]
+
+
+def test_random_is_bernoulli_on_answered_completions_and_seeded():
+    rewards = SIGNALS.get("random").reward(group_batch(seed=3), SignalConfig())
+    rng = random.Random(3)
+    draws = [float(rng.random() < 0.5) for _ in GROUP]
+    assert rewards == [draws[i] if i in SCORED else 0.0 for i in range(len(GROUP))]
     problem = SPLITS["id"][0]
-    completions = ["", "\n", "###", "rot>;;#"]
-    batch = batch_of(completions, [problem] * 4, 4, model, tokenizer, gold=[problem.answer] * 4)
-    rewards = signal.reward(batch, SignalConfig())
-    assert len(rewards) == 4 and all(isinstance(r, float) and math.isfinite(r) for r in rewards)
-    if name in ("majority", "process", "oracle", "verifree", "predictive"):
-        assert rewards[:2] == [0.0, 0.0]
+    many = SIGNALS.get("random").reward(batch_of(["#AB"] * 2000, [problem] * 2000, 8, seed=1), SignalConfig())
+    assert abs(sum(many) / 2000 - 0.5) < 0.04
 
 
-def test_verifree_is_the_probability_of_the_reference_after_the_trace(taught):
+def _reference_logprob(model, tokenizer, prompt: str, completion: str, reference: str) -> float:
+    """log p(reference | prompt + trace + '#'), from one forward pass over the whole string."""
+    context = prompt + completion.split("#")[0] + "#"
+    ids = tokenizer(context + reference, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    n = len(tokenizer(reference, add_special_tokens=False)["input_ids"])
+    return logp[-n:].gather(-1, ids[0, -n:, None]).sum().item()
+
+
+def test_verifree_is_the_probability_of_the_majority_answer_after_the_trace(taught):
     model, tokenizer = taught
-    problem = TASK.make_problem("ABCD", ("rot", "rev"))
-    completions = ["rot ABCD>FGHI;rev FGHI>IHGF#IHGF", "rot ABCD>FGHI;rev FGHI>IHGF#IHGF", "rot ABCD>FGHI#XXXX"]
-    rewards = SIGNALS.get("verifree").reward(batch_of(completions, [problem] * 3, 3, model, tokenizer), SignalConfig())
-    # independently: one forward pass over prompt + trace + "#" + reference, sum the reference's log-probs
-    for completion, reward in zip(completions, rewards):
-        context = problem.prompt + completion.split("#")[0] + "#"
-        ids = tokenizer(context + "IHGF", add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
-        n = len("IHGF")
-        expected = logp[-n:].gather(-1, ids[0, -n:, None]).sum().exp().item()
-        assert reward == pytest.approx(expected, rel=1e-4)
+    rewards = SIGNALS.get("verifree").reward(group_batch(model, tokenizer), SignalConfig())
+    expected = [0.0] * len(GROUP)
+    for i in SCORED:  # the group's majority answer is GF
+        expected[i] = math.exp(_reference_logprob(model, tokenizer, PROBLEM.prompt, GROUP[i], "GF"))
+    assert rewards == pytest.approx(expected, rel=1e-4, abs=1e-9)
 
 
-def test_predictive_is_verifree_log_minus_answer_only_log(taught):
+def test_verifree_with_reference_gold_reads_the_gold_answer(taught):
     model, tokenizer = taught
-    problem = TASK.make_problem("ABCD", ("rev",))
-    completions = ["rev ABCD>DCBA#DCBA", "shf ABCD>BCDA#DCBA"]
-    batch = batch_of(completions, [problem] * 2, 2, model, tokenizer)
-    verifree = SIGNALS.get("verifree").reward(batch, SignalConfig())
-    predictive = SIGNALS.get("predictive").reward(batch, SignalConfig())
-    assert predictive[0] - predictive[1] == pytest.approx(math.log(verifree[0]) - math.log(verifree[1]), rel=1e-4)
+    batch = group_batch(model, tokenizer)
+    batch.gold = ["CB"] * len(GROUP)  # not the group's majority
+    rewards = SIGNALS.get("verifree").reward(batch, SignalConfig(reference="gold"))
+    expected = [math.exp(_reference_logprob(model, tokenizer, PROBLEM.prompt, GROUP[i], "CB")) for i in SCORED]
+    assert [rewards[i] for i in SCORED] == pytest.approx(expected, rel=1e-4)
 
 
-def test_random_is_seeded_with_mean_one_half():
-    problem = SPLITS["id"][0]
-    rewards = SIGNALS.get("random").reward(batch_of(["#A"] * 2000, [problem] * 2000, 8, seed=1), SignalConfig())
-    again = SIGNALS.get("random").reward(batch_of(["#A"] * 2000, [problem] * 2000, 8, seed=1), SignalConfig())
-    assert rewards == again and abs(sum(rewards) / 2000 - 0.5) < 0.04
-
-
-def test_entropy_and_self_certainty_are_finite_per_completion(taught):
+def test_predictive_subtracts_the_groups_mean_and_puts_garbage_at_the_minimum(taught):
     model, tokenizer = taught
-    problem = SPLITS["id"][0]
-    completions = ["rot ABCD>FGHI#FGHI", "#AAAA"]
-    batch = batch_of(completions, [problem] * 2, 2, model, tokenizer)
+    rewards = SIGNALS.get("predictive").reward(group_batch(model, tokenizer), SignalConfig())
+    logprobs = {i: _reference_logprob(model, tokenizer, PROBLEM.prompt, GROUP[i], "GF") for i in SCORED}
+    baseline = sum(logprobs.values()) / len(logprobs)  # four different traces
+    expected = {i: lp - baseline for i, lp in logprobs.items()}
+    assert len({round(v, 4) for v in expected.values()}) == 4  # the baseline does not cancel anything
+    for i in range(len(GROUP)):
+        assert rewards[i] == pytest.approx(expected.get(i, min(expected.values())), rel=1e-4, abs=1e-5)
+
+
+def _direct_token_stats(model, tokenizer, prompt: str, completion_ids: list[int]) -> tuple[float, float]:
+    """Mean entropy and mean KL(uniform || p) of the distributions that predict each completion token."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    rows = logp[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(completion_ids)]  # row t predicts token t+1
+    vocab = logp.shape[-1]
+    entropy = -(rows.exp() * rows).sum(-1).mean().item()
+    certainty = (-math.log(vocab) - rows.mean(-1)).mean().item()
+    return entropy, certainty
+
+
+def test_entropy_and_self_certainty_over_the_exact_completion_tokens(taught):
+    model, tokenizer = taught
+    batch = group_batch(model, tokenizer)
     entropy = SIGNALS.get("entropy").reward(batch, SignalConfig())
     certainty = SIGNALS.get("self_certainty").reward(batch, SignalConfig())
-    assert all(e <= 0 for e in entropy) and all(c >= 0 for c in certainty)
+    log_vocab = math.log(model.config.vocab_size)
+    for i in range(len(GROUP)):
+        if i not in SCORED:
+            assert entropy[i] == 0.0 and certainty[i] == 0.0
+            continue
+        h, kl = _direct_token_stats(model, tokenizer, PROBLEM.prompt, batch.completion_ids[i])
+        assert entropy[i] == pytest.approx(log_vocab - h, rel=1e-4)
+        assert certainty[i] == pytest.approx(kl, rel=1e-4)
+    assert len({round(certainty[i], 4) for i in SCORED}) == len(SCORED)
+
+
+@pytest.mark.parametrize("name", GRPO)
+def test_garbage_gets_the_floor_from_every_signal(taught, name):
+    """A group of garbage scores 0; "###" beside a well-formed completion scores the floor."""
+    model, tokenizer = taught
+    garbage = ["", "\n", "###", "rot>;;#", "rot AB>", "#AB#"]
+    batch = batch_of(garbage, [PROBLEM] * 6, 6, model, tokenizer, gold=[PROBLEM.answer] * 6)
+    assert SIGNALS.get(name).reward(batch, SignalConfig()) == [0.0] * 6
+    mixed = batch_of(["###", GOLD, WRONG_STEP], [PROBLEM] * 3, 3, model, tokenizer, gold=[PROBLEM.answer] * 3)
+    rewards = SIGNALS.get(name).reward(mixed, SignalConfig())
+    assert all(math.isfinite(r) for r in rewards)
+    assert rewards[0] == (min(rewards[1:]) if name == "predictive" else 0.0)
+
+
+# -- access classes ----------------------------------------------------------------------
+
+
+def test_access_classes_and_label_use():
+    default, gold = SignalConfig(), SignalConfig(reference="gold")
+    classes = {n: SIGNALS.get(n).access_of(default) for n in SIGNALS.names()}
+    assert classes["process"] == "partial verifier" and classes["verifier"] == "perfect verifier"
+    assert classes["oracle"] == "gold" and set(classes.values()) == set(ACCESS_CLASSES)
+    for name in SIGNALS.names():
+        signal = SIGNALS.get(name)
+        assert signal.uses_labels(default) == (classes[name] == "gold")
+        assert signal.access_of(gold) == ("gold" if name in ("verifree", "predictive", "oracle") else classes[name])
+
+
+def test_verifier_on_gsm8k_is_refused_up_front(gsm8k):
+    _, path = gsm8k
+    with pytest.raises(UserError, match="signal verifier needs a full step verifier.*tasks with one: alchemy, arith"):
+        compose_cell(["task=gsm8k", f"task.path={path}", "signal=verifier"])
+    compose_cell(["task=gsm8k", f"task.path={path}", "signal=process"])  # the local check serves gsm8k
+
+
+# -- diagnostics the harness computes from gold ------------------------------------------
+
+
+def test_frac_zero_std_and_local_valid_wrong_on_a_hand_made_batch():
+    local_valid_wrong_answer = "rot AB>FG;rev FG>GF#AB"
+    completions = [GOLD, GOLD, ANSWER_ONLY] + [WRONG_OPS, local_valid_wrong_answer, "###"]
+    batch = batch_of(completions, [PROBLEM] * 6, 3)
+    assert reward_diagnostics(batch, [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]) == {"ttt/frac_zero_std": 0.5}
+    assert reward_diagnostics(batch, [1.0, 0.0, 1.0, 0.5, 0.5, 0.5]) == {"ttt/frac_zero_std": 0.5}
+    diagnostics = ttrl_diagnostics(batch, [PROBLEM.answer] * 6, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0], TASK)
+    assert diagnostics["ttrl/local_valid_wrong"] == pytest.approx(2 / 6)  # WRONG_OPS and the wrong answer
+    assert diagnostics["ttrl/oracle_acc"] == pytest.approx(3 / 6)
+    assert diagnostics["ttrl/label_acc"] == 0.5  # GF wins group one; CB (first seen of a tie) group two
+    assert diagnostics["ttrl/majority_ratio"] == pytest.approx((1 + 1 / 3) / 2)
+    assert diagnostics["ttrl/reward_acc"] == pytest.approx(4 / 6)
+
+
+def test_the_reward_function_logs_its_diagnostics(taught):
+    model, tokenizer = taught
+    cfg = compose_cell(["signal=process", "ttt.num_generations=3"])
+    logged: dict[str, float] = {}
+    reward = make_reward_function(SIGNALS.get("process"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer, None)
+    completions = [GOLD, WRONG_OPS, "###"]
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    assert reward([PROBLEM.prompt] * 3, completions, ids, log_metric=logged.__setitem__) == [1.0, 1.0, 0.0]
+    assert logged["ttt/frac_zero_std"] == 0.0 and logged["ttrl/local_valid_wrong"] == pytest.approx(1 / 3)
+    seen: list[dict] = []
+    hook = StepHook(on_log=lambda step, logs: seen.append(logs), on_eval=lambda step: None, every=100)
+    hook.on_log(None, TrainerState(global_step=1), None, logs={**logged, "reward": 0.5})
+    assert set(seen[0]) == set(logged) | {"ttt/reward"}  # the trainer's own keys get ttt/, ours keep theirs
+
+
+def test_the_reward_function_scores_with_the_model_it_closes_over(taught):
+    model, tokenizer = taught
+    cfg = compose_cell(["signal=verifree", f"ttt.num_generations={len(GROUP)}"])
+    reward = make_reward_function(SIGNALS.get("verifree"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer, None)
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in GROUP]
+    before = reward([PROBLEM.prompt] * len(GROUP), GROUP, ids)
+    assert before == SIGNALS.get("verifree").reward(group_batch(model, tokenizer), SignalConfig())
+    with torch.no_grad():  # what GRPO does to the policy, the reward sees
+        for parameter in model.parameters():
+            parameter.mul_(1.5)
+    after = reward([PROBLEM.prompt] * len(GROUP), GROUP, ids)
+    assert [after[i] for i in SCORED] != pytest.approx([before[i] for i in SCORED], rel=1e-3)
+
+
+# -- no label leak through real trainers -------------------------------------------------
 
 
 def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="majority"):
@@ -140,7 +311,7 @@ def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="m
     trajectory = Trajectory(
         TASK, {"id": problems, "heldout": SPLITS["heldout"]}, cfg.eval, 0, tokenizer, tracker, store
     )
-    train_at_test_time(cfg, SIGNALS.get(signal_name), TASK, problems, model, tokenizer, trajectory, tracker)
+    train_at_test_time(cfg, TASK, problems, model, tokenizer, trajectory, tracker)
     return {k: v.clone() for k, v in model.state_dict().items()}, trajectory
 
 
@@ -153,6 +324,11 @@ def taught_state(taught_once):
         return copy.deepcopy(model), tokenizer
 
     return fresh
+
+
+def test_the_label_free_signals_cover_every_access_class_but_gold():
+    classes = {SIGNALS.get(n).access_of(SignalConfig()) for n in LABEL_FREE}
+    assert classes == set(ACCESS_CLASSES) - {"gold"} and "verifier" in LABEL_FREE
 
 
 @pytest.mark.parametrize("name", LABEL_FREE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from math import comb
+from typing import Callable
 
 from catalyst_ttt.signals import majority_answer
 
@@ -14,9 +15,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def maj_at_k(answers: list[str | None], gold: str) -> float:
-    """1 if the majority of the sampled answers is the gold one (same tie rule as TTRL rewards)."""
-    return float(majority_answer(answers) == gold)
+def maj_at_k(answers: list[str | None], gold: str, equal: Callable[[str | None, str], bool]) -> float:
+    """1 if the majority of the sampled answers equals the gold one under the task's `equal`
+    (votes and ties as the `majority` reward counts them)."""
+    return float(equal(majority_answer(answers, equal), gold))
 
 
 def agreement(answers: list[str | None], hits: int) -> dict[str, float]:

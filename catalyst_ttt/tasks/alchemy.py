@@ -46,6 +46,15 @@ def parse_step(step: str) -> tuple[str, str, str] | None:
     return op, source, target
 
 
+def true_fact(step: str, alphabet_size: int) -> bool:
+    """Whether the step's output is its (known) op applied to its stated input."""
+    parsed = parse_step(step)
+    if parsed is None or parsed[0] not in OPS:
+        return False
+    op, source, target = parsed
+    return bool(source) and target == apply_op(op, source, alphabet_size)
+
+
 @dataclass
 class AlchemyConfig:
     alphabet_size: int = 10
@@ -172,25 +181,51 @@ class Alchemy(Task):
 
     # -- verification ---------------------------------------------------------------------
 
-    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
-        ops = problem.spec["ops"]
+    def is_answer(self, text: str) -> bool:
+        """An element: letters of the task's alphabet only."""
+        return all("A" <= c < chr(ord("A") + self.cfg.alphabet_size) for c in text)
+
+    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None, local: bool = False) -> bool:
         parsed = parse_step(step)
-        if parsed is None or index >= len(ops):
+        if parsed is None or not true_fact(step, self.cfg.alphabet_size):
             return False
-        op, source, target = parsed
-        if index == 0:
-            expected_source = problem.spec["start"]
-        else:
-            before = parse_step(previous) if previous is not None else None
-            expected_source = before[2] if before else None
-        return op == ops[index] and source == expected_source and target == apply_op(op, source, self.cfg.alphabet_size)
+        op, source, _ = parsed
+        before = parse_step(previous) if previous is not None else None
+        expected_source = problem.spec["start"] if index == 0 else (before[2] if before else None)
+        if source != expected_source:
+            return False
+        ops = problem.spec["ops"]
+        return local or (index < len(ops) and op == ops[index])
 
     def expected_steps(self, problem: Problem) -> int:
         return len(problem.spec["ops"])
 
+    # -- corrupted catalysts --------------------------------------------------------------
+
     def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
-        """Same op names and step count; each output is a *different* op applied to the input,
-        so the chain is internally consistent in form but every step's value is wrong."""
+        """The prompt's ops in order, each applied truly to an input the chain does not lead to.
+
+        Step 0 starts from an element other than the prompt's, every later step from an element
+        other than the previous step's output; inputs are drawn from the problem's own elements
+        (its start, its gold intermediates, the trace's outputs so far), so every step is a true
+        fact about the problem while no step follows from the one before (Schaeffer et al.).
+        """
+        alphabet = self.cfg.alphabet_size
+        start = problem.spec["start"]
+        elements = [start] + [parse_step(s)[2] for s in problem.steps]
+        steps, required = [], start
+        for op in problem.spec["ops"]:
+            others = sorted({e for e in elements if e != required})
+            source = rng.choice(others) if others else _shift_letters(required, 1, alphabet)
+            target = apply_op(op, source, alphabet)
+            steps.append(format_step(op, source, target))
+            elements.append(target)
+            required = target
+        return tuple(steps)
+
+    def corrupted_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
+        """Same op names and step count, each input the previous output; each output is a
+        *different* op applied to the input, so every step's stated value is false."""
         steps, current = [], problem.spec["start"]
         for op in problem.spec["ops"]:
             right = apply_op(op, current, self.cfg.alphabet_size)

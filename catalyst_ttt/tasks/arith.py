@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from dataclasses import dataclass
 
 from catalyst_ttt.tasks import TASKS
@@ -52,6 +53,15 @@ def parse_step(step: str) -> tuple[int, int, int, int] | None:
         return x, y, carry, int(total)
     except ValueError:
         return None
+
+
+def true_fact(step: str) -> bool:
+    """Whether the step adds two digits and a carry of 0 or 1, and states their sum."""
+    parsed = parse_step(step)
+    if parsed is None:
+        return False
+    x, y, carry, total = parsed
+    return 0 <= x <= 9 and 0 <= y <= 9 and carry in (0, 1) and total == x + y + carry
 
 
 @TASKS.register("arith")
@@ -123,19 +133,40 @@ class Arith(Task):
     def expected_steps(self, problem: Problem) -> int:
         return max(len(str(problem.spec["a"])), len(str(problem.spec["b"])))
 
-    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
-        parsed = parse_step(step)
-        digits_a, digits_b = str(problem.spec["a"])[::-1], str(problem.spec["b"])[::-1]
-        if parsed is None or index >= max(len(digits_a), len(digits_b)):
+    def is_answer(self, text: str) -> bool:
+        """An integer."""
+        return re.fullmatch(r"-?\d+", text) is not None
+
+    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None, local: bool = False) -> bool:
+        """Local: the column's arithmetic is right and its carry is the previous partial sum's tens
+        (0 in the first column). Full: also the operands' digits of column `index`."""
+        if not true_fact(step):
             return False
-        x, y, carry, total = parsed
-        want_x = int(digits_a[index]) if index < len(digits_a) else 0
-        want_y = int(digits_b[index]) if index < len(digits_b) else 0
+        x, y, carry, _ = parse_step(step)
         before = parse_step(previous) if previous is not None else None
         want_carry = 0 if index == 0 else (before[3] // 10 if before else None)
-        return (x, y, carry) == (want_x, want_y, want_carry) and total == x + y + carry
+        if carry != want_carry:
+            return False
+        digits_a, digits_b = str(problem.spec["a"])[::-1], str(problem.spec["b"])[::-1]
+        if local:
+            return True
+        if index >= max(len(digits_a), len(digits_b)):
+            return False
+        want_x = int(digits_a[index]) if index < len(digits_a) else 0
+        want_y = int(digits_b[index]) if index < len(digits_b) else 0
+        return (x, y) == (want_x, want_y)
 
     def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
+        """The gold columns' digits, every sum true, every carry the wrong one: the first column
+        adds a carry of 1, each later column the opposite of what its predecessor's sum carries."""
+        steps, carry = [], 1
+        for gold in problem.steps:
+            x, y, _, _ = parse_step(gold)
+            steps.append(f"{x}+{y}+{carry}={x + y + carry}")
+            carry = 1 - (x + y + carry) // 10
+        return tuple(steps)
+
+    def corrupted_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
         """Right digits, carries that follow the wrong partial sums, every partial sum off by 1-3."""
         steps, carry = [], 0
         for gold in problem.steps:

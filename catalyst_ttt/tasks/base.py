@@ -1,4 +1,4 @@
-"""What every task provides: problems with gold traces, a parser, a process verifier."""
+"""What every task provides: problems with gold traces, a parser, local and full step checks."""
 
 from __future__ import annotations
 
@@ -68,19 +68,23 @@ class Problem:
 
 @dataclass(frozen=True)
 class Parsed:
-    """A completion split into steps and answer; `answer` is None when none was given."""
+    """A completion split into steps and answer; `answer` is None when none of the task's form was given."""
 
     steps: tuple[str, ...]
     answer: str | None
 
 
 class Task(abc.ABC):
-    """A problem family. Subclasses build splits and check steps and answers."""
+    """A problem family. Subclasses build splits, check steps and read answers."""
 
     name: str
     config_class: type  # the dataclass its `conf/task/<name>.yaml` is checked against
     # Generation budget: characters of the longest gold completion plus slack.
     max_completion_chars: int
+    # Whether `step_validity(local=False)` checks the plan (the prompt's ops in order), so that an
+    # all-valid chain fixes the answer; a task whose step check is only local (gsm8k's calculator)
+    # cannot serve the `verifier` signal.
+    has_full_verifier: bool = True
 
     @abc.abstractmethod
     def splits(self) -> dict[str, list[Problem]]:
@@ -91,8 +95,17 @@ class Task(abc.ABC):
         """Texts that give latent skill without any prompt -> trace -> answer example."""
 
     @abc.abstractmethod
-    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
-        """Whether step `index` of a completion is valid, given the previous step's text."""
+    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None, local: bool = False) -> bool:
+        """Whether step `index` of a completion is valid, given the previous step's text.
+
+        local: the step is a true fact (its output is its op applied to its stated input) whose
+        input chains from the prompt or the previous step; otherwise also the step the prompt's
+        plan asks for at `index`.
+        """
+
+    @abc.abstractmethod
+    def is_answer(self, text: str) -> bool:
+        """Whether `text` has the form of an answer of this task (an element, an integer, a number)."""
 
     def render(self, steps: tuple[str, ...] | list[str], answer: str) -> str:
         """A completion in the task's format; `render(steps, "")` is the context before the answer."""
@@ -102,20 +115,27 @@ class Task(abc.ABC):
         """Split a completion into steps and answer. Never raises: garbage has neither."""
         body, mark, tail = text.partition(ANSWER_MARK)
         steps = tuple(s.strip() for s in body.split(STEP_SEP) if s.strip())
-        answer = tail.split("\n")[0].strip() if mark else None
-        return Parsed(steps=steps, answer=answer or None)
+        return Parsed(steps=steps, answer=self._answer(tail.split("\n")[0].strip()) if mark else None)
+
+    def _answer(self, text: str) -> str | None:
+        """The answer, or None when it is not of the task's form (a stray separator is never an answer)."""
+        return text if text and ANSWER_MARK not in text and self.is_answer(text) else None
 
     def answers_equal(self, predicted: str | None, gold: str) -> bool:
         return predicted is not None and predicted == gold
 
-    def step_validity(self, problem: Problem, steps: tuple[str, ...]) -> list[bool]:
-        """Per-step validity. A trace of the wrong length gets its extra/missing steps invalid."""
+    def step_validity(self, problem: Problem, steps: tuple[str, ...], local: bool = False) -> list[bool]:
+        """Per-step validity, local or full (see `step_valid`).
+
+        The full check also counts the steps the plan asks for and the trace lacks as invalid; the
+        local check knows no plan, so it judges only the steps given.
+        """
         flags = []
         previous = None
         for i, step in enumerate(steps):
-            flags.append(self.step_valid(problem, i, step, previous))
+            flags.append(self.step_valid(problem, i, step, previous, local))
             previous = step
-        missing = max(0, (self.expected_steps(problem) or 0) - len(steps))
+        missing = 0 if local else max(0, (self.expected_steps(problem) or 0) - len(steps))
         return flags + [False] * missing
 
     def expected_steps(self, problem: Problem) -> int | None:
@@ -124,4 +144,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
-        """The gold structure (same ops, count, format) with wrong intermediate values."""
+        """Every step a true fact (output = op applied to its stated input), the chain broken."""
+
+    @abc.abstractmethod
+    def corrupted_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
+        """The gold structure (same ops, count, format) with every step's output false."""

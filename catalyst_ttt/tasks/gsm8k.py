@@ -145,6 +145,7 @@ def _problem(location: str, row) -> Problem:
 class GSM8K(Task):
     name = "gsm8k"
     config_class = GSM8KConfig
+    has_full_verifier = False  # the calculator check cannot tell whether a line is the plan's next step
 
     def __init__(self, cfg: GSM8KConfig):
         self.cfg = cfg
@@ -159,8 +160,17 @@ class GSM8K(Task):
     def parse(self, text: str) -> Parsed:
         body, mark, tail = text.partition(FINAL)
         steps = tuple(line.strip() for line in body.splitlines() if line.strip())
-        answer = tail.strip().split("\n")[0].strip().replace(",", "") if mark else None
-        return Parsed(steps=steps, answer=answer or None)
+        answer = self._answer(tail.strip().split("\n")[0].strip().replace(",", "")) if mark else None
+        return Parsed(steps=steps, answer=answer)
+
+    def is_answer(self, text: str) -> bool:
+        """Something math-verify reads as a number or expression."""
+        from math_verify import parse
+
+        try:
+            return bool(parse(text))
+        except Exception:  # noqa: BLE001 - math-verify's parser raises on odd input: not an answer
+            return False
 
     def answers_equal(self, predicted: str | None, gold: str) -> bool:
         if predicted is None:
@@ -191,13 +201,23 @@ class GSM8K(Task):
         pools = [p for name in TRAINING_SPLITS for p in self.splits()[name]]
         return [p.prompt for p in pools] + [s for p in pools for s in p.steps]
 
-    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None) -> bool:
-        """Every calculator annotation in the step must recompute; a step without one is prose."""
+    def step_valid(self, problem: Problem, index: int, step: str, previous: str | None, local: bool = False) -> bool:
+        """Every calculator annotation in the step must recompute; a step without one is prose.
+
+        This is a local check whatever `local` says: nothing in a GSM8K problem states its plan.
+        """
         if "<<" in step and not ANNOTATION.search(step):
             return False
         return all(annotation_valid(expr, value) for expr, value in ANNOTATION.findall(step))
 
     def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
+        """The gold lines verbatim (every calculator fact stays true), rotated by one so the last
+        line comes first: each line now states a result before the results it is computed from.
+        A one-line solution has no order to break and keeps its line."""
+        steps = list(problem.steps)
+        return tuple(steps[-1:] + steps[:-1])
+
+    def corrupted_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
         """The same lines with every annotated result (and its echo in the text) perturbed."""
 
         def perturb(match: re.Match) -> str:
