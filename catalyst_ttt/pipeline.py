@@ -62,6 +62,7 @@ def run_cell(cfg: DictConfig) -> dict:
         trajectory.record(0, model)
         with record.phase("ttt"):
             last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker)
+        result["ttt"] = tracker.means(("ttt/", "ttrl/"))  # TTT diagnostics, averaged over logged steps
         trajectory.record(last_step, model)
         # 4. eval: every split, information gain under the reader, stability over the trajectory
         with record.phase("eval"):

@@ -27,6 +27,7 @@ class Tracker:
     ):
         self.run = None
         self.mode = mode
+        self.history: list[dict] = []  # every log_step row, kept locally whatever W&B does
         if mode == "disabled":
             return
         try:
@@ -66,7 +67,17 @@ class Tracker:
 
     def log_step(self, step: int, data: dict) -> None:
         clean = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.history.append({STEP: step, **clean})
         self._guard(lambda: self.run.log({**clean, STEP: step}))
+
+    def means(self, prefixes: tuple[str, ...]) -> dict[str, float]:
+        """The mean over logged steps of every metric whose name starts with one of `prefixes`."""
+        series: dict[str, list[float]] = {}
+        for row in self.history:
+            for key, value in row.items():
+                if key.startswith(prefixes) and key != STEP and not math.isnan(value):
+                    series.setdefault(key, []).append(value)
+        return {key: sum(values) / len(values) for key, values in series.items()}
 
     def summary(self, data: dict) -> None:
         def update():

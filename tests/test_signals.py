@@ -11,16 +11,13 @@ from transformers import TrainerState
 
 from catalyst_ttt.config import SignalConfig, compose_cell
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.evaluation import Trajectory
 from catalyst_ttt.metrics.accuracy import maj_at_k
-from catalyst_ttt.pipeline import train_at_test_time
-from catalyst_ttt.results import CellDir
 from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
-from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics
 from helpers.cells import SPLITS, TASK, run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
+from helpers.ttt import train_on
 
 GRPO = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
 LABEL_FREE = [n for n in SIGNALS.names() if not SIGNALS.get(n).uses_labels(SignalConfig()) and n != "none"]
@@ -286,32 +283,12 @@ def test_the_reward_function_scores_with_the_model_it_closes_over(taught):
 
 
 def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="majority"):
-    cfg = compose_cell(
-        [
-            f"signal={signal_name}",
-            "ttt.steps=4",
-            "ttt.prompts_per_step=4",
-            "ttt.num_generations=4",
-            "ttt.lr=1e-2",
-            "ttt.eval_every=2",
-            "signal.samples=4",
-            "signal.rounds=1",
-            f"signal.reference={reference}",
-        ]
-    )
     model, tokenizer = taught_state()
     problems = SPLITS["id"]
     if scramble:  # every gold answer (and trace) replaced by a wrong one
         problems = [replace(p, answer=p.answer[::-1] + "J", steps=("x",)) for p in problems]
-    store = CellDir(tmp_path, "leak", f"{signal_name}-{scramble}")
-    store.start("")
-    tracker = Tracker(
-        mode="disabled", project="", entity=None, group="", job_type="", name="", config={}, directory=tmp_path
-    )
-    trajectory = Trajectory(
-        TASK, {"id": problems, "heldout": SPLITS["heldout"]}, cfg.eval, 0, tokenizer, tracker, store
-    )
-    train_at_test_time(cfg, TASK, problems, model, tokenizer, trajectory, tracker)
+    overrides = [f"signal={signal_name}", f"signal.reference={reference}"]
+    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, f"{signal_name}-{scramble}")
     return {k: v.clone() for k, v in model.state_dict().items()}, trajectory
 
 
