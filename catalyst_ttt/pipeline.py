@@ -237,9 +237,8 @@ def train_at_test_time(cfg, signal: Signal, task: Task, problems, model, tokeniz
     )
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
-        fail_at = int(cfg.fail_at.split("@")[1]) if cfg.fail_at else None
         trainer_ref: dict = {}
-        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, trainer_ref, fail_at)
+        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, trainer_ref)
         grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, trainer_ref, [hook])
         return cfg.ttt.steps
     # self_sft: rounds of generate -> keep the majority-consistent completions -> SFT

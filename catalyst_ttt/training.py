@@ -73,7 +73,7 @@ def sft(
 
 
 def make_reward_function(
-    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], trainer_ref: dict, fail_at: int | None
+    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], trainer_ref: dict
 ) -> Callable:
     """A TRL reward function for `signal`, plus TTRL diagnostics that read gold answers.
 
@@ -102,8 +102,6 @@ def make_reward_function(
         )
         rewards = signal.reward(batch, cfg.signal)
         step = trainer_state.global_step if trainer_state is not None else 0
-        if fail_at is not None and step + 1 >= fail_at:
-            rewards = [float("nan")] * len(rewards)
         if any(math.isnan(r) for r in rewards):  # TRL would read NaN as "abstain" and train on
             raise Diverged(step + 1, f"{signal.name} reward")
         if log_metric is not None:

@@ -108,8 +108,17 @@ class Alchemy(Task):
             uid=uid, prompt=prompt, steps=tuple(steps), answer=current, spec={"start": start, "ops": list(ops)}
         )
 
-    def _sample(self, rng, n, compositions, length, taken: set, noisy=False) -> list[Problem]:
-        keys = sample_unique(rng, n, lambda r: (self._element(r, length), r.choice(compositions)), taken)
+    def _sample(self, rng, n, compositions, length, taken: set, split: str, noisy=False) -> list[Problem]:
+        allowed = set(compositions)
+        keys = sample_unique(
+            rng,
+            n,
+            lambda r: (self._element(r, length), r.choice(compositions)),
+            taken,
+            in_space=lambda key: len(key[0]) == length and key[1] in allowed,
+            space=self.cfg.alphabet_size**length * len(allowed),
+            split=split,
+        )
         return [self.make_problem(start, ops, rng if noisy else None) for start, ops in keys]
 
     def splits(self) -> dict[str, list[Problem]]:
@@ -118,13 +127,15 @@ class Alchemy(Task):
         seen = self.seen_compositions
         longer = list(itertools.product(cfg.ops, repeat=cfg.shift_steps))
         return {
-            "train": self._sample(rng, cfg.n_train, seen, cfg.length, taken),
-            "id": self._sample(rng, cfg.n_id, seen, cfg.length, taken),
-            "heldout": self._sample(rng, cfg.n_heldout, seen, cfg.length, taken),
-            "shift_compose": self._sample(rng, cfg.n_shift, sorted(self.heldout_compositions), cfg.length, taken),
-            "shift_length": self._sample(rng, cfg.n_shift, seen, cfg.shift_length, taken),
-            "shift_steps": self._sample(rng, cfg.n_shift, longer, cfg.length, taken),
-            "shift_format": self._sample(rng, cfg.n_shift, seen, cfg.length, taken, noisy=True),
+            "train": self._sample(rng, cfg.n_train, seen, cfg.length, taken, "train"),
+            "id": self._sample(rng, cfg.n_id, seen, cfg.length, taken, "id"),
+            "heldout": self._sample(rng, cfg.n_heldout, seen, cfg.length, taken, "heldout"),
+            "shift_compose": self._sample(
+                rng, cfg.n_shift, sorted(self.heldout_compositions), cfg.length, taken, "shift_compose"
+            ),
+            "shift_length": self._sample(rng, cfg.n_shift, seen, cfg.shift_length, taken, "shift_length"),
+            "shift_steps": self._sample(rng, cfg.n_shift, longer, cfg.length, taken, "shift_steps"),
+            "shift_format": self._sample(rng, cfg.n_shift, seen, cfg.length, taken, "shift_format", noisy=True),
         }
 
     def base_corpus(self) -> list[str]:
