@@ -186,7 +186,7 @@ def make_paths_absolute(cfg: DictConfig) -> None:
 
 
 def _missing_option_message(err: MissingConfigException) -> str:
-    missing = (err.missing_cfg_file or "").strip("/")
+    missing = (err.missing_cfg_file or "").lstrip("/")
     group, _, name = missing.rpartition("/")
     if group in GROUPS:
         options = err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

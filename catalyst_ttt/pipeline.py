@@ -14,16 +14,17 @@ from pathlib import Path
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 
 from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.config import build_task, cell_id, config_hash, semantic_dict
+from catalyst_ttt.config import build_task, cell_id, config_hash, semantic_dict, task_key
 from catalyst_ttt.evaluation import Trajectory, evaluate_split, generate
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.stability import trajectory_stability
 from catalyst_ttt.models import (
     char_tokenizer,
     load_pretrained,
+    load_tokenizer,
     new_tiny_model,
     save_checkpoint,
     with_chat_template,
@@ -34,9 +35,9 @@ from catalyst_ttt.signals import SIGNALS, Signal
 from catalyst_ttt.tasks.base import Task
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import (
-    Diverged,
     StepHook,
     consensus_rows,
+    divergence_of,
     grpo,
     make_reward_function,
     set_threads,
@@ -48,7 +49,7 @@ def run_cell(cfg: DictConfig) -> dict:
     """Run one cell (or return its finished result) and write `result.json` atomically."""
     name, chash = cell_id(cfg), config_hash(semantic_dict(cfg))
     store = CellDir(cfg.runs_dir, cfg.sweep, name)
-    if store.is_done(chash):
+    if store.is_done(chash) or not store.claim(chash, cfg.lock_timeout):  # claim: held until release
         return store.result() | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
     store.start(OmegaConf.to_yaml(cfg))
@@ -92,12 +93,12 @@ def run_cell(cfg: DictConfig) -> dict:
         # 1. base: the model before any catalyst (cached, shared by every cell)
         with _phase(store, timing, "base"):
             base_ref, phases["base"] = base_checkpoint(cfg, task, owner=name)
-        splits = with_chat_template(task.splits(), AutoTokenizer.from_pretrained(base_ref))
+        splits = with_chat_template(task.splits(), load_tokenizer(base_ref, cfg.model))
         # 2. catalyst: SFT on the regime's rows (cached per base, regime, N, seed)
         with _phase(store, timing, "catalyst"):
             start_ref, phases["catalyst"] = catalyst_checkpoint(cfg, task, splits["train"], base_ref, owner=name)
-        model, tokenizer = load_pretrained(start_ref)
-        base_model, _ = load_pretrained(base_ref)
+        model, tokenizer = load_pretrained(start_ref, cfg.model)
+        base_model, _ = load_pretrained(base_ref, cfg.model)
         result["pre_ttt"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_model, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
@@ -122,15 +123,18 @@ def run_cell(cfg: DictConfig) -> dict:
         result["status"] = "done"
         examples = {split: r.examples for split, r in evaluated.items()}
         store.write(SAMPLES, examples)
-    except Diverged as err:
-        result |= {"status": "diverged", "diverged_step": err.step, "error": str(err)}
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the sweep goes on
-        result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        (store.path / "error.log").write_text(traceback.format_exc())
+        diverged = divergence_of(err)  # NaN loss or reward, or sampling from NaN logits
+        if diverged is not None:
+            result |= {"status": "diverged", "diverged_step": diverged.step, "error": str(diverged)}
+        else:
+            result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            (store.path / "error.log").write_text(traceback.format_exc())
     finally:
         timing["total_s"] = sum(timing.values())
         store.write(RESULT, result)
         store.set_status(result["status"])
+        store.release()
         tracker.summary(flat_metrics(result))
         tracker.table("samples", [row | {"split": split} for split, rows in examples.items() for row in rows])
         result["wandb_dir"] = tracker.finish()
@@ -167,19 +171,19 @@ def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
         )
         save_checkpoint(model, tokenizer, directory)
 
-    path, built = cached_checkpoint(cfg.cache_dir, "base", base_key(cfg), build, owner)
+    path, built = cached_checkpoint(cfg.cache_dir, "base", base_key(cfg), build, owner, cfg.lock_timeout)
     return str(path), "trained" if built else "cached"
 
 
 def base_key(cfg: DictConfig) -> dict:
     """Exactly what determines a tiny base model (a cell's `seed` does not: `base.seed` does)."""
-    return {"task": _plain(cfg.task), "model": _plain(cfg.model), "base": _plain(cfg.base)}
+    return {"task": task_key(cfg), "model": _plain(cfg.model), "base": _plain(cfg.base)}
 
 
 def catalyst_key(cfg: DictConfig, base_name: str) -> dict:
     return {
         "base": base_name,
-        "task": _plain(cfg.task),
+        "task": task_key(cfg),
         "regime": _plain(cfg.regime),
         "catalyst": _plain(cfg.catalyst),
         "seed": cfg.seed,
@@ -192,7 +196,7 @@ def catalyst_checkpoint(cfg: DictConfig, task: Task, pool, base_ref: str, owner:
         return base_ref, "skipped"
 
     def build(directory: Path) -> None:
-        model, tokenizer = load_pretrained(base_ref)
+        model, tokenizer = load_pretrained(base_ref, cfg.model)
         sft(
             model,
             tokenizer,
@@ -206,7 +210,9 @@ def catalyst_checkpoint(cfg: DictConfig, task: Task, pool, base_ref: str, owner:
         save_checkpoint(model, tokenizer, directory)
 
     base_name = Path(base_ref).name if cfg.model.kind == "tiny" else base_ref
-    path, built = cached_checkpoint(cfg.cache_dir, "catalyst", catalyst_key(cfg, base_name), build, owner)
+    path, built = cached_checkpoint(
+        cfg.cache_dir, "catalyst", catalyst_key(cfg, base_name), build, owner, cfg.lock_timeout
+    )
     return str(path), "trained" if built else "cached"
 
 
@@ -277,7 +283,7 @@ def cell_information_gain(cfg, task, problems, model, base_model, tokenizer) -> 
     """IG of the cell's own greedy traces on id, scored by a fixed model (default: the base)."""
     if not cfg.metrics.ig.enabled:
         return {}
-    scorer = load_pretrained(cfg.metrics.ig.scorer)[0] if cfg.metrics.ig.scorer else base_model
+    scorer = load_pretrained(cfg.metrics.ig.scorer, cfg.model)[0] if cfg.metrics.ig.scorer else base_model
     problems = problems[: cfg.metrics.ig.max_items]
     prompts = [p.prompt for p in problems]
     completions = [
