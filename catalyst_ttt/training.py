@@ -40,15 +40,18 @@ def divergence_of(err: BaseException) -> Diverged | None:
 
 
 class NanGuard(TrainerCallback):
-    """A NaN training loss stops the phase as diverged (needs `logging_nan_inf_filter=False`)."""
+    """A NaN training loss (needs `logging_nan_inf_filter=False`) or NaN weights after a step stop
+    the phase as diverged: nothing trained on NaN is cached or evaluated as if it were a model."""
 
     def __init__(self, phase: str):
         self.phase = phase
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):  # every step: logging_steps=1
         loss = (logs or {}).get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             raise Diverged(state.global_step, "loss", self.phase)
+        if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise Diverged(state.global_step, "a weight", self.phase)
 
 
 _PROGRESS: list[Progress] = []  # the progress display of `training_progress`, while one is open

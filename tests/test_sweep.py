@@ -163,3 +163,37 @@ def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path, monkeypatch):
         assert _trainings(cache)["base"] == 1
     finally:
         cluster.shutdown()
+
+
+def test_hydra_grammar_range_choice_glob_and_quoted_commas():
+    sweep = load_sweep(
+        "smoke", ["seed=range(0,3)", "regime=choice(none,correct)", "signal=glob(ma*)", "wandb.project='a,b'"]
+    )
+    assert sweep.axes["seed"] == ["0", "1", "2"] and sweep.axes["regime"] == ["none", "correct"]
+    assert sweep.axes["signal"] == ["majority"]
+    cells = sweep.cells()
+    assert len(cells) == 6
+    assert {c.config.wandb.project for c in cells} == {"a,b"}  # one value with a comma, not an axis
+    assert sorted({c.config.seed for c in cells}) == [0, 1, 2]
+
+
+def test_dry_run_of_a_range_lists_three_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["sweep", "smoke", "--dry-run", "seed=range(0,3)"], terminal_width=300)
+    assert done.exit_code == 0, done.output
+    assert "12 cells" in done.stdout and "seed=0,1,2" in done.stdout
+    assert all(f"-s{seed}-" in done.stdout for seed in range(3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_grid_points_collapse_into_one_cell():
+    cells = load_sweep("smoke", ["seed=0,0", "regime=correct,correct"]).cells()
+    assert len(cells) == 2 and len({c.id for c in cells}) == 2  # signal none, majority
+
+
+def test_the_multirun_places_store_and_cache_by_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep("smoke", ["runs_dir=rel/runs", "cache_dir=rel/cache"])
+    argv = sweep.multirun_argv(sweep.cells()[0].config)
+    assert f"runs_dir={tmp_path}/rel/runs" in argv and f"cache_dir={tmp_path}/rel/cache" in argv
+    assert "runs_dir=rel/runs" not in argv
