@@ -6,15 +6,20 @@ installed `cttt`); a few run the real executable to check the process-level cont
 """
 
 import json
+import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cli import app
+from catalyst_ttt.tasks.gsm8k import UnsafeExpression, safe_eval
 from helpers.cells import cttt
 from helpers.gsm8k_data import gsm8k_rows
 
@@ -195,3 +200,41 @@ def test_bad_input_from_a_real_process(tmp_path, command, says):
     assert done.stderr.strip().startswith(says) and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stdout + done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# Model output reaches the gsm8k calculator: whatever it writes, the evaluator answers quickly
+# with a finite number or refuses with UnsafeExpression.
+NUMBERS = st.one_of(
+    st.integers(min_value=0, max_value=10**30).map(str),
+    st.floats(min_value=0, max_value=1e300, allow_nan=False, allow_infinity=False).map(repr),
+)
+EXPRESSIONS = st.recursive(
+    NUMBERS,
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "//", "%", "**"]), inner).map(" ".join),
+        inner.map(lambda e: f"-({e})"),
+        inner.map(lambda e: f"({e})"),
+    ),
+    max_leaves=40,
+)
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(st.one_of(EXPRESSIONS, st.text(max_size=300)))
+def test_the_calculator_never_crashes_hangs_or_returns_a_non_number(expression):
+    started = time.perf_counter()
+    try:
+        value = safe_eval(expression)
+    except UnsafeExpression:
+        value = None
+    assert time.perf_counter() - started < 1.0  # a generous sanity bound: big-integer blowups take minutes
+    assert value is None or (isinstance(value, float) and math.isfinite(value))
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["9**9**9", "(9**64)**64", "(-8)**0.5", "1" + "+1" * 300, "(" * 150 + "1" + ")" * 150, "-" * 150 + "1", "1e308*10"],
+)
+def test_the_calculator_refuses_blowups_complex_results_and_deep_nesting(expression):
+    with pytest.raises(UnsafeExpression):
+        safe_eval(expression)
