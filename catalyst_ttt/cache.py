@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock
-
 from catalyst_ttt.config import code_fingerprint, config_hash
-from catalyst_ttt.results import acquire
+from catalyst_ttt.results import acquire, new_lock
 
 LOG = "trainings.jsonl"
 KEY = "key.json"
@@ -50,7 +48,7 @@ def cached_checkpoint(
     final = root / key
     if _intact(final, full):
         return final, False
-    lock = FileLock(str(root / f"{key}.lock"))
+    lock = new_lock(root / f"{key}.lock")
     acquire(lock, timeout, f"the {kind} checkpoint {key} another process is building")
     try:
         if _intact(final, full):

@@ -83,6 +83,7 @@ def run_cell(cfg: DictConfig) -> dict:
         entity=cfg.wandb.entity,
         group=cfg.sweep,
         job_type=cfg.signal.name,
+        tags=[f"{axis}:{result['axes'][axis]}" for axis in ("task", "model", "regime", "signal")],
         name=name,
         config=result["config"] | {"uses_labels": uses_labels},
         directory=store.path,

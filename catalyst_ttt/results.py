@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from catalyst_ttt.errors import UserError
 
@@ -58,11 +58,19 @@ def read_json(path: Path):
         return None
 
 
+SOFT_LOCKS = "CTTT_SOFT_LOCKS"  # =1: lock files created with O_EXCL, for file systems without fcntl locks
+
+
+def new_lock(path: Path) -> BaseFileLock:
+    """An fcntl lock, released when its process dies; a soft lock where the file system has none."""
+    return (SoftFileLock if os.environ.get(SOFT_LOCKS) == "1" else FileLock)(str(path))
+
+
 class LockTimeout(UserError):
     """Another process held a lock for longer than `lock_timeout`."""
 
 
-def acquire(lock: FileLock, timeout: float, what: str, holder: str = "") -> None:
+def acquire(lock: BaseFileLock, timeout: float, what: str, holder: str = "") -> None:
     try:
         lock.acquire(timeout=timeout)
     except Timeout:
@@ -77,7 +85,7 @@ class CellDir:
         self.path = Path(runs_dir) / sweep / cell
         self.cell = cell
         self.lock_path = Path(runs_dir) / sweep / LOCKS / f"{cell}.lock"
-        self._lock: FileLock | None = None
+        self._lock: BaseFileLock | None = None
 
     def result(self) -> dict | None:
         return read_json(self.path / RESULT)
@@ -95,7 +103,7 @@ class CellDir:
         """Hold this cell's lock until `release`: the same cell never runs twice at once.
         Waits for another process running it; False when that process finished it meanwhile."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.lock_path))
+        self._lock = new_lock(self.lock_path)
         status = self.status() or {}
         holder = f"{status['host']}:{status['pid']}" if "host" in status else ""
         acquire(self._lock, timeout, f"cell {self.cell}", holder)
@@ -132,8 +140,8 @@ class CellDir:
         """The process that wrote `status` is gone: on this host its pid is dead; elsewhere its cell lock is free."""
         if status.get("host") == HOST and "pid" in status:
             return not _pid_alive(int(status["pid"]))
-        if not self.lock_path.exists():
-            return False  # no lock to ask (a results store from before locks): assume running
+        if not self.lock_path.exists() or os.environ.get(SOFT_LOCKS) == "1":
+            return False  # no lock that dies with its holder to ask: assume running
         probe = FileLock(str(self.lock_path))
         try:
             probe.acquire(timeout=0)
