@@ -183,6 +183,10 @@ def make_paths_absolute(cfg: DictConfig) -> None:
     cfg.cache_dir = str(Path(cfg.cache_dir).expanduser().absolute())
     if cfg.task.get("path"):
         cfg.task.path = str(Path(cfg.task.path).expanduser().absolute())
+    for key in ("model.name_or_path", "metrics.ig.scorer"):  # a local directory; a hub id stays as it is
+        reference = OmegaConf.select(cfg, key)
+        if reference and Path(reference).expanduser().exists():
+            OmegaConf.update(cfg, key, str(Path(reference).expanduser().absolute()))
 
 
 def _missing_option_message(err: MissingConfigException) -> str:

@@ -88,9 +88,6 @@ class ProgressBar(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.progress.remove_task(self.task)
-
 
 def _callbacks(callbacks, phase: str, steps: int) -> list[TrainerCallback]:
     shown = [ProgressBar(_PROGRESS[-1], f"{phase} {steps} steps")] if _PROGRESS else []

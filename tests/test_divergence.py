@@ -1,14 +1,17 @@
-"""NaN anywhere is a divergence: in an SFT loss, in GRPO rewards, or in the logits a phase samples from."""
+"""NaN anywhere is a divergence: in an SFT loss, in GRPO rewards, or in the logits a phase samples from.
+Also: the progress the trainers draw under `cttt run`."""
 
+import io
 import math
 
 import pytest
 import torch
 from datasets import Dataset
+from rich.console import Console
 
 from catalyst_ttt import pipeline
 from catalyst_ttt.regimes import REGIMES
-from catalyst_ttt.training import Diverged, divergence_of, sft
+from catalyst_ttt.training import Diverged, divergence_of, sft, training_progress
 from helpers.cells import SPLITS, TASK, run
 
 
@@ -45,3 +48,12 @@ def test_a_cell_whose_model_turns_nan_is_recorded_diverged(tiny, monkeypatch):
     result = run(tiny("regime=correct", "signal=majority", "metrics.ig.enabled=false"))
     assert result["status"] == "diverged", result.get("error")
     assert "NaN" in result["error"]
+
+
+def test_training_under_cttt_run_draws_progress_with_an_eta(taught):
+    model, tokenizer = taught
+    screen = io.StringIO()
+    rows = REGIMES.get("correct")(SPLITS["train"][:16], TASK, None, 0)
+    with training_progress(Console(file=screen, force_terminal=True, width=160)):
+        sft(model, tokenizer, Dataset.from_list(rows), steps=3, batch_size=8, lr=1e-3, seed=0, max_length=96)
+    assert "SFT 3 steps" in screen.getvalue() and "3/3" in screen.getvalue() and "ETA" in screen.getvalue()
