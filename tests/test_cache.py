@@ -52,6 +52,7 @@ def test_the_same_cell_never_runs_twice_at_once(tiny):
     assert not (Path(cfg.runs_dir) / cfg.sweep / cell_id(cfg)).exists()
 
 
+@pytest.mark.slow
 def test_an_edited_data_file_is_recomputed(tiny, tmp_path):
     """gsm8k is keyed on its file's content, not its path: the edited file trains a new base."""
     path = write_jsonl(tmp_path / "gsm.jsonl", gsm8k_rows(40))
@@ -63,6 +64,13 @@ def test_an_edited_data_file_is_recomputed(tiny, tmp_path):
         "task.max_completion_chars=60",
         "model.max_positions=320",
         "metrics.ig.enabled=false",
+        "eval.trajectory=false",
+        "eval.max_per_split=2",
+        "base.steps=4",
+        "model.hidden_size=32",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.intermediate_size=64",
     ]
     first = run(overrides)
     assert first["status"] == "done", first.get("error")
