@@ -2,6 +2,8 @@
 
 A checkpoint is built in a temporary directory and renamed into place under a file lock, so
 parallel cells never build the same one twice and a killed job never leaves one that looks done.
+Its key covers the config that determines it, the content of the task's data file and the code
+(`config.code_fingerprint`); `key.json` beside the weights is checked before every use.
 """
 
 from __future__ import annotations
@@ -13,37 +15,71 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock
-
-from catalyst_ttt.config import config_hash
+from catalyst_ttt.config import code_fingerprint, config_hash
+from catalyst_ttt.results import acquire, new_lock
 
 LOG = "trainings.jsonl"
+KEY = "key.json"
+WEIGHTS = "model.safetensors"
+
+
+def keyed(key_data: dict) -> dict:
+    """What a checkpoint's key is computed from: its config plus the code that builds it."""
+    return key_data | {"code": code_fingerprint()}
+
+
+def cache_key(key_data: dict) -> str:
+    return config_hash(keyed(key_data))
 
 
 def cached_checkpoint(
-    cache_dir: str | Path, kind: str, key_data: dict, build: Callable[[Path], None], owner: str
+    cache_dir: str | Path,
+    kind: str,
+    key_data: dict,
+    build: Callable[[Path], None],
+    owner: str,
+    timeout: float = 14400.0,
 ) -> tuple[Path, bool]:
     """The checkpoint for `key_data`, built by `build(tmp_dir)` if absent; returns (path, built)."""
     root = Path(cache_dir) / kind
     root.mkdir(parents=True, exist_ok=True)
-    key = config_hash(key_data)
+    full = keyed(key_data)
+    key = config_hash(full)
     final = root / key
-    if final.is_dir():
+    if _intact(final, full):
         return final, False
-    with FileLock(str(root / f"{key}.lock")):
-        if final.is_dir():
+    lock = new_lock(root / f"{key}.lock")
+    acquire(lock, timeout, f"the {kind} checkpoint {key} another process is building")
+    try:
+        if _intact(final, full):
             return final, False
-        for stale in root.glob(f".{key}.tmp-*"):  # left by a killed job; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in [*root.glob(f".{key}.tmp-*"), *([final] if final.exists() else [])]:
+            shutil.rmtree(stale, ignore_errors=True)  # a killed build, or a checkpoint that fails its key
         tmp = root / f".{key}.tmp-{os.getpid()}"
         tmp.mkdir()
         started = time.time()
         build(tmp)
-        (tmp / "key.json").write_text(json.dumps(key_data, indent=2, sort_keys=True, default=str))
+        (tmp / KEY).write_text(_canonical(full))
         os.rename(tmp, final)
         with open(Path(cache_dir) / LOG, "a") as log:
             log.write(json.dumps({"kind": kind, "key": key, "owner": owner, "seconds": time.time() - started}) + "\n")
+    finally:
+        lock.release()
     return final, True
+
+
+def _intact(path: Path, key_data: dict) -> bool:
+    """A finished checkpoint whose key.json is exactly the key it is asked for, with its weights."""
+    try:
+        recorded = (path / KEY).read_text()
+    except OSError:
+        return False
+    weights = (path / WEIGHTS).is_file() or (path / f"{WEIGHTS}.index.json").is_file()
+    return recorded == _canonical(key_data) and weights
+
+
+def _canonical(key_data: dict) -> str:
+    return json.dumps(key_data, indent=2, sort_keys=True, default=str)
 
 
 def cached_keys(cache_dir: str | Path, kind: str) -> set[str]:

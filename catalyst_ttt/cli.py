@@ -16,7 +16,7 @@ from rich.table import Table
 from catalyst_ttt.errors import UserError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Catalyst data regimes x test-time training signals, measured.",
@@ -25,6 +25,7 @@ console = Console()
 err_console = Console(stderr=True)
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
 SUMMARY_TITLE = (
     "regime x signal — id greedy accuracy, mean [95% bootstrap] over replicates († gold, ‡ perfect verifier)"
 )
@@ -40,8 +41,9 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("hydra").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    # Only the libraries' own advice is silenced; a warning from this package or the user's code shows.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARIES)
+    warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
 
 
 def user_errors(command):
@@ -60,18 +62,30 @@ def user_errors(command):
 
 @app.command(context_settings=PASS_THROUGH)
 @user_errors
-def run(overrides: Optional[list[str]] = OVERRIDES) -> None:
+def run(
+    overrides: Optional[list[str]] = OVERRIDES,
+    show: Optional[str] = typer.Option(None, "--cfg", help="print the composed config and run nothing: job"),
+) -> None:
     """Run one cell: base -> catalyst -> ttt -> eval."""
+    from omegaconf import OmegaConf
+
     from catalyst_ttt.config import compose_cell
     from catalyst_ttt.results import check_writable
 
+    if show not in (None, "job"):
+        raise UserError(f"--cfg {show} is not valid; valid: job")
     cfg = compose_cell(list(overrides or []))
+    if show:
+        console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False, end="")
+        return
     check_writable(cfg.runs_dir)
     check_writable(cfg.cache_dir)
     _quiet_libraries()
     from catalyst_ttt.pipeline import run_cell
+    from catalyst_ttt.training import training_progress
 
-    result = run_cell(cfg)
+    with training_progress(console):
+        result = run_cell(cfg)
     _print_cell(result)
     if result.get("wandb_dir"):
         console.print(f"W&B offline run: upload with [bold]wandb sync {result['wandb_dir']}[/bold]")
@@ -123,13 +137,14 @@ def sweep(
     runs_dir = cells[0].config.runs_dir
     console.print(f"results: {runs_dir}/{name}/  ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})")
     console.print(f"report: cttt report {name}    W&B offline runs: wandb sync {runs_dir}/{name}/*/wandb/offline-run-*")
-    if counts.get("failed"):
+    unfinished = sum(v for k, v in counts.items() if k not in ("done", "diverged"))
+    if unfinished:
+        err_console.print(f"{unfinished} of {len(cells)} cells did not finish (failed, pending or stale)")
         raise typer.Exit(1)
 
 
 def _print_plan(plan, cells) -> None:
-    from catalyst_ttt.cache import cached_keys
-    from catalyst_ttt.config import config_hash
+    from catalyst_ttt.cache import cache_key, cached_keys
     from catalyst_ttt.pipeline import base_key, catalyst_key
 
     table = Table(title=f"sweep {plan.name}: {len(cells)} cells")
@@ -138,8 +153,8 @@ def _print_plan(plan, cells) -> None:
     for cell in cells:
         cfg = cell.config
         bases, catalysts = cached_keys(cfg.cache_dir, "base"), cached_keys(cfg.cache_dir, "catalyst")
-        base_hash = config_hash(base_key(cfg)) if cfg.model.kind == "tiny" else None
-        cat_hash = config_hash(catalyst_key(cfg, base_hash or cfg.model.name_or_path))
+        base_hash = cache_key(base_key(cfg)) if cfg.model.kind == "tiny" else None
+        cat_hash = cache_key(catalyst_key(cfg, base_hash or cfg.model.name_or_path))
         table.add_row(
             cell.id,
             cell.state(),
@@ -163,15 +178,16 @@ def status(
     from catalyst_ttt import sweep as sweeps
     from catalyst_ttt.metrics.aggregate import aggregate, rule_of
     from catalyst_ttt.report import summary_table
-    from catalyst_ttt.results import load_results
+    from catalyst_ttt.results import cell_dirs, load_results
 
     results = load_results(runs_dir, name)
     states = {}
     if name in sweeps.available_sweeps():
-        for cell in sweeps.load_sweep(name, [f"runs_dir={runs_dir}"]).cells():
+        for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
             states[cell.id] = cell.state()
-    for result in results:
-        states.setdefault(result["cell"], result["status"])
+    for store in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
+        if store.cell not in states:
+            states[store.cell] = store.state((store.result() or {}).get("config_hash", ""))
     tally: dict[str, int] = {}
     for state in states.values():
         tally[state.split(":")[0]] = tally.get(state.split(":")[0], 0) + 1
@@ -179,8 +195,8 @@ def status(
         f"sweep [bold]{name}[/bold]: {len(states)} cells — " + ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     )
     for cell, state in sorted(states.items()):
-        if state.startswith("running") or state == "failed":
-            console.print(f"  {state:<20} {cell}")
+        if state.startswith(("running", "stale")) or state == "failed":
+            console.print(f"  {state:<20} {cell}", highlight=False)
     console.print(summary_table(aggregate(results, rule_of(results)), SUMMARY_TITLE))
 
 

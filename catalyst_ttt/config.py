@@ -6,11 +6,14 @@ misspelt key or a value of the wrong type fails before any compute, as one clear
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -22,7 +25,16 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.models import ModelConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def shipped_dir(name: str) -> Path:
+    """`conf/` or `sweeps/`: inside the installed package, or at the top of a source checkout."""
+    installed = PACKAGE_DIR / name
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / name
+
+
+CONF_DIR = shipped_dir("conf")
 GROUPS = ("task", "regime", "signal", "model")
 
 
@@ -132,13 +144,16 @@ class CellConfig:
     sweep: str = "single"
     runs_dir: str = "runs"
     cache_dir: str = "cache"
-    fail_at: str | None = None  # testing hook: "nan@STEP" injects a NaN reward at that TTT step
+    lock_timeout: float = 14400.0  # seconds to wait for a lock another process holds (a cell, a checkpoint)
 
 
 ConfigStore.instance().store(name="cell_schema", node=CellConfig)
 
 # Keys that place or report a cell but do not change what it computes.
-NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads")
+NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "lock_timeout")
+SEED_LIMIT = 2**32  # numpy and HF seeding refuse larger seeds
+# A sweep or cell name becomes a directory under runs_dir: one plain path component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
 
 
 def config_hash(node: Any) -> str:
@@ -147,6 +162,9 @@ def config_hash(node: Any) -> str:
 
 def compose_cell(overrides: list[str]) -> DictConfig:
     """Compose one cell's config; any Hydra or type error becomes a one-line UserError."""
+    deletions = [o for o in overrides if o.lstrip().startswith("~")]
+    if deletions:
+        raise UserError(f"{deletions[0]!r}: deleting a key is not valid here; every key has a value, set it instead")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -157,12 +175,28 @@ def compose_cell(overrides: list[str]) -> DictConfig:
         raise UserError(_override_message(err)) from None
     finally:
         GlobalHydra.instance().clear()
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{missing[0]} has no value; give one, e.g. {missing[0]}=<value>")
+    make_paths_absolute(cfg)
     validate(cfg)
     return cfg
 
 
+def make_paths_absolute(cfg: DictConfig) -> None:
+    """Every worker (another working directory, `hydra.job.chdir=true`) shares one store, cache and data file."""
+    cfg.runs_dir = str(Path(cfg.runs_dir).expanduser().absolute())
+    cfg.cache_dir = str(Path(cfg.cache_dir).expanduser().absolute())
+    if cfg.task.get("path"):
+        cfg.task.path = str(Path(cfg.task.path).expanduser().absolute())
+    for key in ("model.name_or_path", "metrics.ig.scorer"):  # a local directory; a hub id stays as it is
+        reference = OmegaConf.select(cfg, key)
+        if reference and Path(reference).expanduser().exists():
+            OmegaConf.update(cfg, key, str(Path(reference).expanduser().absolute()))
+
+
 def _missing_option_message(err: MissingConfigException) -> str:
-    missing = (err.missing_cfg_file or "").strip("/")
+    missing = (err.missing_cfg_file or "").lstrip("/")
     group, _, name = missing.rpartition("/")
     if group in GROUPS:
         options = err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -191,52 +225,184 @@ def _first_line(err: Exception) -> str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks Hydra's types cannot express: registry names, ranges, divisibility."""
+    """Checks Hydra's types cannot express: registry names, keys added with `+`, ranges, sizes."""
     from catalyst_ttt.regimes import REGIMES
     from catalyst_ttt.signals import SIGNALS
 
+    _check_known_keys(cfg, CellConfig, "")
+    check_name(cfg.sweep, "sweep")
     task = build_task(cfg)  # loads and checks the task's data, if it has any
     REGIMES.get(cfg.regime.name)
     SIGNALS.get(cfg.signal.name).check_task(task)
-    if cfg.signal.reference not in ("majority", "gold"):
-        raise UserError(f"signal.reference={cfg.signal.reference!r} is not valid; valid: majority, gold")
-    if cfg.model.kind not in ("tiny", "hf"):
-        raise UserError(f"model.kind={cfg.model.kind!r} is not valid; valid: tiny, hf")
+    _check_choice("signal.reference", cfg.signal.reference, ("majority", "gold"))
+    _check_choice("model.kind", cfg.model.kind, ("tiny", "hf"))
+    _check_choice("wandb.mode", cfg.wandb.mode, ("offline", "online", "disabled"))
     if cfg.model.kind == "hf":
         check_model_reference(cfg.model.name_or_path, "model.name_or_path")
     if cfg.metrics.ig.scorer:
         check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
-    if cfg.wandb.mode not in ("offline", "online", "disabled"):
-        raise UserError(f"wandb.mode={cfg.wandb.mode!r} is not valid; valid: offline, online, disabled")
-    non_negative = {
-        "ttt.steps": cfg.ttt.steps,
-        "catalyst.n": cfg.catalyst.n,
-        "catalyst.steps": cfg.catalyst.steps,
-        "base.steps": cfg.base.steps,
-        "seed": cfg.seed,
-        "threads": cfg.threads,
-    }
-    positive = {
-        "ttt.prompts_per_step": cfg.ttt.prompts_per_step,
-        "ttt.num_generations": cfg.ttt.num_generations,
-        "ttt.eval_every": cfg.ttt.eval_every,
-        "eval.k": cfg.eval.k,
-        "eval.batch_size": cfg.eval.batch_size,
-        "catalyst.batch_size": cfg.catalyst.batch_size,
-        "base.batch_size": cfg.base.batch_size,
-        "signal.samples": cfg.signal.samples,
-        "signal.rounds": cfg.signal.rounds,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"{key}={value} is not valid; it must be >= 0")
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{key}={value} is not valid; it must be >= 1")
+    for key, rule in RANGES.items():
+        _check_range(key, OmegaConf.select(cfg, key), rule)
+    if cfg.model.kind == "tiny" and cfg.model.hidden_size % cfg.model.num_heads:
+        raise UserError(
+            f"model.hidden_size={cfg.model.hidden_size} is not valid; it must be a multiple of "
+            f"model.num_heads={cfg.model.num_heads}"
+        )
     if cfg.ttt.num_generations < 2 and cfg.signal.name != "none":
         raise UserError(f"ttt.num_generations={cfg.ttt.num_generations} is not valid; GRPO groups need >= 2")
-    if cfg.fail_at is not None and not str(cfg.fail_at).startswith("nan@"):
-        raise UserError(f"fail_at={cfg.fail_at!r} is not valid; valid: nan@STEP")
+    check_sizes(cfg, task)
+
+
+# key -> (lowest, highest, lowest allowed itself); every value must also be finite.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    **{k: (0, math.inf, False) for k in ("base.lr", "catalyst.lr", "ttt.lr", "ttt.temperature", "eval.temperature")},
+    **{k: (0, math.inf, True) for k in ("ttt.beta", "ttt.steps", "catalyst.steps", "base.steps", "threads")},
+    **{k: (0, math.inf, True) for k in ("lock_timeout",)},
+    **{
+        k: (1, math.inf, True)
+        for k in (
+            "ttt.prompts_per_step",
+            "ttt.num_generations",
+            "ttt.eval_every",
+            "eval.k",
+            "eval.batch_size",
+            "eval.max_per_split",
+            "eval.trajectory_size",
+            "catalyst.n",
+            "catalyst.batch_size",
+            "base.batch_size",
+            "signal.samples",
+            "signal.rounds",
+            "metrics.ig.max_items",
+        )
+    },
+    **{k: (0, SEED_LIMIT - 1, True) for k in ("seed", "base.seed")},
+    **{f"metrics.stability.{f.name}": (0, 1, True) for f in fields(StabilityConfig)},
+}
+TINY_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
+
+
+def _check_range(key: str, value, rule: tuple[float, float, bool]) -> None:
+    low, high, low_allowed = rule
+    ok = math.isfinite(value) and (value >= low if low_allowed else value > low) and value <= high
+    if not ok:
+        bound = f"{'>=' if low_allowed else '>'} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
+        finite = "finite and " if isinstance(value, float) else ""
+        raise UserError(f"{key}={value} is not valid; it must be {finite}{bound}")
+
+
+def _check_choice(key: str, value, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise UserError(f"{key}={value!r} is not valid; valid: {', '.join(valid)}")
+
+
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a directory must stay one component inside its parent."""
+    if not SAFE_NAME.fullmatch(str(name)) or ".." in str(name):
+        raise UserError(f"{what}={name!r} is not valid; use letters, digits and _ . = - (no '/', no '..')")
+
+
+def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    """Keys added with `+`/`++` that the schema does not know are typos, not new settings."""
+    hints = get_type_hints(schema)
+    names = [f.name for f in fields(schema)]
+    for key in node:
+        if key not in names:
+            parent = prefix.rstrip(".")
+            where = f" of {parent}" if parent else ""
+            raise UserError(f"unknown key {prefix + str(key)!r}; valid keys{where}: {', '.join(names)}")
+        child = hints[key]
+        if is_dataclass(child) and isinstance(node[key], DictConfig):
+            _check_known_keys(node[key], child, f"{prefix}{key}.")
+
+
+def _check_task_values(task_cfg) -> None:
+    """Generic ranges of a task's dataclass: counts n_* >= 0, *_frac in [0, 1], seed < 2**32, sizes >= 1."""
+    for item in fields(task_cfg):
+        value = getattr(task_cfg, item.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if item.name == "seed":
+            rule = RANGES["seed"]
+        elif item.name.endswith("_frac"):
+            rule = (0, 1, True)
+        elif item.name.startswith("n_") or item.name == "noise_chars":
+            rule = (0, math.inf, True)
+        else:
+            rule = (1, math.inf, True)
+        _check_range(f"task.{item.name}", value, rule)
+
+
+def check_sizes(cfg: DictConfig, task) -> None:
+    """No phase is silently skipped or shortened: refuse, before compute, splits it could not use."""
+    from catalyst_ttt.signals import SIGNALS
+
+    sizes = split_sizes(task)
+    listing = ", ".join(f"{k}={v}" for k, v in sizes.items())
+    empty = [name for name, size in sizes.items() if size == 0 and (name != "train" or cfg.regime.name != "none")]
+    if empty:
+        raise UserError(f"task {cfg.task.name}: split {empty[0]!r} is empty (split sizes: {listing})")
+    trains = SIGNALS.get(cfg.signal.name).trainer is not None and cfg.ttt.steps > 0
+    if trains and sizes["id"] < cfg.ttt.prompts_per_step:
+        raise UserError(
+            f"ttt.prompts_per_step={cfg.ttt.prompts_per_step} is more than the {sizes['id']} id prompts of task "
+            f"{cfg.task.name} (split sizes: {listing})"
+        )
+
+
+_SPLIT_SIZES: dict[str, dict[str, int]] = {}  # a sweep validates many cells of one task
+
+
+def split_sizes(task) -> dict[str, int]:
+    settings = {f.name: getattr(task.cfg, f.name) for f in fields(task.cfg)}
+    key = config_hash({"name": task.name, "settings": settings, "data": data_fingerprint(settings.get("path"))})
+    if key not in _SPLIT_SIZES:
+        _SPLIT_SIZES[key] = {name: len(problems) for name, problems in task.splits().items()}
+    return _SPLIT_SIZES[key]
+
+
+def data_fingerprint(path: str | None) -> str | None:
+    """The sha256 of a data file's content: an edited file never reuses what the old one built."""
+    if not path or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # mtime and size key the cache
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Modules that only present results: editing them does not change what a cell computes.
+PRESENTATION = {"cli.py", "report.py", "bench.py", "sweep.py", "__main__.py"}
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The package version and a hash of the source that computes cells, for cache keys and cell hashes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("catalyst-ttt")
+    except PackageNotFoundError:
+        release = "unreleased"
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.name not in PRESENTATION:
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{release}+{digest.hexdigest()[:12]}"
+
+
+def task_key(cfg: DictConfig) -> dict:
+    """The task's settings plus the content hash of its data file, if it reads one."""
+    plain = OmegaConf.to_container(cfg.task, resolve=True)
+    data = data_fingerprint(plain.get("path"))
+    return plain | ({"data_sha256": data} if data else {})
 
 
 def check_model_reference(reference: str | None, key: str) -> None:
@@ -261,15 +427,21 @@ def typed_task_config(cfg: DictConfig):
     schema = OmegaConf.structured(TASKS.get(cfg.task.name).config_class)
     node = OmegaConf.masked_copy(cfg.task, [k for k in cfg.task if k != "name"])
     try:
-        return OmegaConf.to_object(OmegaConf.merge(schema, node))
+        typed = OmegaConf.to_object(OmegaConf.merge(schema, node))
     except OmegaConfBaseException as err:
         raise UserError(f"task {cfg.task.name}: {_first_line(err)}") from None
+    _check_task_values(typed)
+    return typed
 
 
 def semantic_dict(cfg: DictConfig) -> dict:
-    """The resolved config without the keys that only place or report the cell."""
+    """What a cell's result depends on: the resolved config without the keys that only place or
+    report it, the content of its data file, and the code that computes it."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in data.items() if k not in NON_SEMANTIC}
+    return {k: v for k, v in data.items() if k not in NON_SEMANTIC} | {
+        "task": task_key(cfg),
+        "code": code_fingerprint(),
+    }
 
 
 def cell_id(cfg: DictConfig) -> str:

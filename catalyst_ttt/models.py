@@ -33,7 +33,8 @@ class ModelConfig:
     max_positions: int = 192
     # hf
     name_or_path: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own Python code: only for sources you trust
+    allow_pickle: bool = False  # also load PyTorch pickle weights (.bin), which can run code; default safetensors
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -65,22 +66,40 @@ def new_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: i
     return LlamaForCausalLM(config)
 
 
-def load_pretrained(name_or_path: str, trust_remote_code: bool = False):
-    """A causal LM and its tokenizer from a local directory or a reachable hub id."""
+def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):
+    cfg = cfg or ModelConfig()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model {name_or_path!r}: its tokenizer could not be loaded: {_first_line(err)}") from None
+
+
+def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
+    """A causal LM and its tokenizer from a local directory or a reachable hub id.
+
+    Weights load from safetensors only, unless `model.allow_pickle`; the repository's own code
+    runs only with `model.trust_remote_code`."""
+    cfg = cfg or ModelConfig()
+    tokenizer = load_tokenizer(name_or_path, cfg)
+    try:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32
+            name_or_path,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=None if cfg.allow_pickle else True,
+            dtype=torch.float32,
         )
-    except OSError as err:
-        raise UserError(
-            f"model.name_or_path {name_or_path!r} could not be loaded: {str(err).splitlines()[0]}"
-        ) from None
+    except (OSError, ValueError) as err:
+        hint = "" if cfg.allow_pickle else " (only safetensors weights load unless model.allow_pickle=true)"
+        raise UserError(f"model {name_or_path!r} could not be loaded: {_first_line(err)}{hint}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def with_chat_template(splits: dict, tokenizer) -> dict:

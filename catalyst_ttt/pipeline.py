@@ -10,16 +10,17 @@ from pathlib import Path
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 
 from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.config import build_task
+from catalyst_ttt.config import build_task, task_key
 from catalyst_ttt.evaluation import Trajectory, evaluate_split, generate
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.stability import trajectory_stability
 from catalyst_ttt.models import (
     char_tokenizer,
     load_pretrained,
+    load_tokenizer,
     new_tiny_model,
     save_checkpoint,
     with_chat_template,
@@ -50,11 +51,11 @@ def run_cell(cfg: DictConfig) -> dict:
         # 1. base: the model before any catalyst (cached, shared by every cell of a base seed)
         with record.phase("base"):
             base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name)
-        splits = with_chat_template(task.splits(), AutoTokenizer.from_pretrained(base_ref))
+        splits = with_chat_template(task.splits(), load_tokenizer(base_ref, cfg.model))
         # 2. catalyst: SFT on the regime's rows (cached per base, regime, budget, seed)
         with record.phase("catalyst"):
             start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, splits, base_ref, record.name)
-        model, tokenizer = load_pretrained(start_ref)
+        model, tokenizer = load_pretrained(start_ref, cfg.model)
         result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
@@ -109,20 +110,20 @@ def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
         )
         save_checkpoint(model, tokenizer, directory)
 
-    path, built = cached_checkpoint(cfg.cache_dir, "base", base_key(cfg), build, owner)
+    path, built = cached_checkpoint(cfg.cache_dir, "base", base_key(cfg), build, owner, cfg.lock_timeout)
     return str(path), "trained" if built else "cached"
 
 
 def base_key(cfg: DictConfig) -> dict:
     """Exactly what determines a tiny base model (a cell's `seed` does not: `base.seed` does)."""
-    return {"task": _plain(cfg.task), "model": _plain(cfg.model), "base": _plain(cfg.base)}
+    return {"task": task_key(cfg), "model": _plain(cfg.model), "base": _plain(cfg.base)}
 
 
 def catalyst_key(cfg: DictConfig, base_name: str) -> dict:
     """Exactly what determines a catalyst checkpoint."""
     return {
         "base": base_name,
-        "task": _plain(cfg.task),
+        "task": task_key(cfg),
         "regime": _plain(cfg.regime),
         "catalyst": _plain(cfg.catalyst),
         "seed": cfg.seed,
@@ -144,7 +145,7 @@ def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind
     steps, batch_size, lr, seed = schedule
 
     def build(directory: Path) -> None:
-        model, tokenizer = load_pretrained(base_ref)
+        model, tokenizer = load_pretrained(base_ref, cfg.model)
         sft(
             model,
             tokenizer,
@@ -157,7 +158,7 @@ def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind
         )
         save_checkpoint(model, tokenizer, directory)
 
-    path, built = cached_checkpoint(cfg.cache_dir, kind, key, build, owner)
+    path, built = cached_checkpoint(cfg.cache_dir, kind, key, build, owner, cfg.lock_timeout)
     return str(path), built
 
 
@@ -172,7 +173,9 @@ def pre_ttt_accuracy(cfg, task, problems, model, base_ref, tokenizer) -> tuple[d
     base = (
         start
         if cfg.regime.name == "none"
-        else evaluate_split(task, problems, load_pretrained(base_ref)[0], tokenizer, cfg.eval, cfg.seed, sampled=False)
+        else evaluate_split(
+            task, problems, load_pretrained(base_ref, cfg.model)[0], tokenizer, cfg.eval, cfg.seed, sampled=False
+        )
     )
     metrics = {
         "acc/greedy": start.metrics["acc/greedy"],
@@ -194,8 +197,7 @@ def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, 
     )
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
-        fail_at = int(cfg.fail_at.split("@")[1]) if cfg.fail_at else None
-        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer, fail_at)
+        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer)
         grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, [hook])
         return cfg.ttt.steps
     return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
@@ -209,13 +211,13 @@ def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: s
         return None
     if ig.scorer:
         phases["reader"] = "given"
-        return load_pretrained(ig.scorer)[0]
+        return load_pretrained(ig.scorer, cfg.model)[0]
     rows = REGIMES.get("correct")(splits["reader"], task, cfg.regime, 0)
     schedule = (ig.reader_steps, ig.reader_batch_size, ig.reader_lr, 0)
-    key = {"base": base_name(cfg, base_ref), "task": _plain(cfg.task), "reader": list(schedule)}
+    key = {"base": base_name(cfg, base_ref), "task": task_key(cfg), "reader": list(schedule)}
     path, built = fine_tuned(cfg, task, base_ref, rows, schedule, "reader", key, owner)
     phases["reader"] = "trained" if built else "cached"
-    return load_pretrained(path)[0]
+    return load_pretrained(path, cfg.model)[0]
 
 
 def cell_information_gain(cfg, task, problems, model, reader, tokenizer) -> dict:

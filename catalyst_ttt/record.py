@@ -17,7 +17,9 @@ from catalyst_ttt.config import cell_id, config_hash, semantic_dict
 from catalyst_ttt.results import RESULT, SAMPLES, CellDir
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
-from catalyst_ttt.training import Diverged
+from catalyst_ttt.training import divergence_of
+
+TAGGED_AXES = ("task", "model", "regime", "signal")  # W&B tags, for filtering runs
 
 
 def axes_of(cfg: DictConfig) -> dict:
@@ -46,8 +48,11 @@ class CellRecord:
         self.result: dict = {}
 
     def finished(self) -> dict | None:
-        """The stored result when this exact config already ran to the end."""
-        return self.store.result() if self.store.is_done(self.config_hash) else None
+        """The stored result when this exact config already ran to the end; otherwise the cell's lock
+        is taken (waiting for another process running it) and held until the result is written."""
+        if self.store.is_done(self.config_hash) or not self.store.claim(self.config_hash, self.cfg.lock_timeout):
+            return self.store.result()
+        return None
 
     @contextlib.contextmanager
     def running(self):
@@ -76,6 +81,7 @@ class CellRecord:
             entity=cfg.wandb.entity,
             group=cfg.sweep,
             job_type=cfg.signal.name,
+            tags=[f"{axis}:{value}" for axis, value in axes_of(cfg).items() if axis in TAGGED_AXES],
             name=self.name,
             config=config | {"uses_labels": uses_labels},
             directory=self.store.path,
@@ -83,11 +89,13 @@ class CellRecord:
         try:
             yield self.result, self.tracker
             self.result["status"] = "done"
-        except Diverged as err:
-            self.result |= {"status": "diverged", "diverged_step": err.step, "error": str(err)}
         except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the sweep goes on
-            self.result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-            (self.store.path / "error.log").write_text(traceback.format_exc())
+            diverged = divergence_of(err)  # NaN loss, weights or reward, or sampling from NaN logits
+            if diverged is not None:
+                self.result |= {"status": "diverged", "diverged_step": diverged.step, "error": str(diverged)}
+            else:
+                self.result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+                (self.store.path / "error.log").write_text(traceback.format_exc())
         finally:
             self._close()
 
@@ -109,6 +117,7 @@ class CellRecord:
             self.store.write(SAMPLES, examples)
         self.store.write(RESULT, result)
         self.store.set_status(result["status"])
+        self.store.release()
         tracker.summary(flat_metrics(result))
         tracker.table("samples", [row | {"split": split} for split, rows in examples.items() for row in rows])
         result["wandb_dir"] = tracker.finish()

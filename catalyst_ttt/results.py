@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from catalyst_ttt.errors import UserError
 
@@ -19,6 +23,9 @@ RESULT, STATUS, TRAJECTORY, CONFIG, SAMPLES = (
     "samples.json",
 )
 GRID = "grid.json"  # runs/<sweep>/grid.json: the grid the last `cttt sweep` of that name ran
+FINAL = ("done", "diverged", "failed")
+LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
+HOST = socket.gethostname()
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -53,19 +60,63 @@ def read_json(path: Path):
         return None
 
 
+SOFT_LOCKS = "CTTT_SOFT_LOCKS"  # =1: lock files created with O_EXCL, for file systems without fcntl locks
+
+
+def new_lock(path: Path) -> BaseFileLock:
+    """An fcntl lock, released when its process dies; a soft lock where the file system has none."""
+    return (SoftFileLock if os.environ.get(SOFT_LOCKS) == "1" else FileLock)(str(path))
+
+
+class LockTimeout(UserError):
+    """Another process held a lock for longer than `lock_timeout`."""
+
+
+def acquire(lock: BaseFileLock, timeout: float, what: str, holder: str = "") -> None:
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise LockTimeout(
+            f"waited {timeout:g} s for {what} ({lock.lock_file}{', held by ' + holder if holder else ''}); "
+            "raise lock_timeout, or delete the lock file if its holder is gone"
+        ) from None
+
+
 class CellDir:
     def __init__(self, runs_dir: str | Path, sweep: str, cell: str):
         self.path = Path(runs_dir) / sweep / cell
         self.cell = cell
+        self.lock_path = Path(runs_dir) / sweep / LOCKS / f"{cell}.lock"
+        self._lock: BaseFileLock | None = None
 
     def result(self) -> dict | None:
         return read_json(self.path / RESULT)
+
+    def status(self) -> dict | None:
+        return read_json(self.path / STATUS)
 
     def is_done(self, config_hash: str) -> bool:
         result = self.result()
         return (
             bool(result) and result.get("status") in ("done", "diverged") and result.get("config_hash") == config_hash
         )
+
+    def claim(self, config_hash: str, timeout: float) -> bool:
+        """Hold this cell's lock until `release`: the same cell never runs twice at once.
+        Waits for another process running it; False when that process finished it meanwhile."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = new_lock(self.lock_path)
+        status = self.status() or {}
+        holder = f"{status['host']}:{status['pid']}" if "host" in status else ""
+        acquire(self._lock, timeout, f"cell {self.cell}", holder)
+        if self.is_done(config_hash):
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._lock is not None and self._lock.is_locked:
+            self._lock.release()
 
     def start(self, config_yaml: str) -> None:
         """Begin (or restart) the cell: whatever an interrupted run left is removed first."""
@@ -75,14 +126,59 @@ class CellDir:
         write_atomic(self.path / CONFIG, config_yaml)
 
     def set_status(self, phase: str, **extra) -> None:
-        write_json(self.path / STATUS, {"phase": phase, "pid": os.getpid(), **extra})
+        write_json(self.path / STATUS, {"phase": phase, "host": HOST, "pid": os.getpid(), "time": time.time(), **extra})
+
+    def state(self, config_hash: str) -> str:
+        """done / diverged / failed / running:<phase> / stale:<phase> / pending."""
+        result = self.result()
+        if result and result.get("config_hash") == config_hash:
+            return result["status"]
+        status = self.status()
+        if not status or status.get("phase") in FINAL:
+            return "pending"
+        return f"{'stale' if self.is_stale(status) else 'running'}:{status['phase']}"
+
+    def is_stale(self, status: dict) -> bool:
+        """The process that wrote `status` is gone: on this host its pid is dead; elsewhere its cell lock is free."""
+        if status.get("host") == HOST and "pid" in status:
+            return not _pid_alive(int(status["pid"]))
+        if not self.lock_path.exists() or os.environ.get(SOFT_LOCKS) == "1":
+            return False  # no lock that dies with its holder to ask: assume running
+        probe = FileLock(str(self.lock_path))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return False
+        probe.release()
+        return True
 
     def write(self, name: str, data) -> None:
         write_json(self.path / name, data)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 def sweep_dir(runs_dir: str | Path, sweep: str) -> Path:
+    """A sweep's directory, which must stay inside runs_dir."""
+    from catalyst_ttt.config import check_name
+
+    check_name(sweep, "sweep")
     return Path(runs_dir) / sweep
+
+
+def cell_dirs(runs_dir: str | Path, sweep: str) -> list[CellDir]:
+    """Every cell that has started in a sweep's directory, finished or not."""
+    root = sweep_dir(runs_dir, sweep)
+    return [CellDir(runs_dir, sweep, p.parent.name) for p in sorted(root.glob(f"*/{CONFIG}"))]
+
 
 
 @dataclass

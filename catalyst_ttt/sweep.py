@@ -5,15 +5,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import hydra
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, ValueType
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,13 +30,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from catalyst_ttt.config import CONF_DIR, cell_id, compose_cell, config_hash, semantic_dict
+from catalyst_ttt.config import (
+    CONF_DIR,
+    GROUPS,
+    cell_id,
+    check_name,
+    compose_cell,
+    config_hash,
+    semantic_dict,
+    shipped_dir,
+)
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.results import GRID, RESULT, STATUS, read_json, sweep_dir, write_json
+from catalyst_ttt.results import FINAL, GRID, CellDir, sweep_dir, write_json
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS_DIR = shipped_dir("sweeps")
+PLAIN = re.compile(r"[\w./:@+-]*[\w./:@-]|")  # needs no quotes in an override value
 SWEEP_KEYS = {"description", "axes", "overrides"}
-FINISHED = ("done", "diverged", "failed")
 
 
 @dataclass
@@ -41,21 +56,16 @@ class Cell:
     config_hash: str
 
     def state(self) -> str:
-        """done / diverged / failed / running:<phase> / pending, from the results store."""
-        path = Path(self.config.runs_dir) / self.config.sweep / self.id
-        result = read_json(path / RESULT)
-        if result and result.get("config_hash") == self.config_hash:
-            return result["status"]
-        status = read_json(path / STATUS)
-        return f"running:{status['phase']}" if status else "pending"
+        """done / diverged / failed / running:<phase> / stale:<phase> / pending, from the results store."""
+        return CellDir(self.config.runs_dir, self.config.sweep, self.id).state(self.config_hash)
 
 
 @dataclass
 class Sweep:
     name: str
     description: str
-    axes: dict[str, list[str]]
-    fixed: list[str]
+    axes: dict[str, list[str]]  # key -> values, each written as Hydra reads it (quoted where needed)
+    fixed: list[str]  # overrides as Hydra reads them
     hydra_args: list[str] = field(default_factory=list)
 
     def grid(self) -> list[list[str]]:
@@ -66,16 +76,23 @@ class Sweep:
         ]
 
     def cells(self) -> list[Cell]:
-        """Every cell composed and validated: a bad name or value fails here, before compute."""
-        out = []
+        """Every cell composed and validated: a bad name or value fails here, before compute.
+        Grid points that compose to the same cell collapse into one."""
+        out: dict[str, Cell] = {}
         for overrides in self.grid():
             cfg = compose_cell(overrides)
-            out.append(Cell(cell_id(cfg), overrides, cfg, config_hash(semantic_dict(cfg))))
-        return out
+            cell = Cell(cell_id(cfg), overrides, cfg, config_hash(semantic_dict(cfg)))
+            out.setdefault(cell.id, cell)
+        if self.hydra_args:
+            check_hydra_args(self.grid()[0] + self.hydra_args)
+        return list(out.values())
 
-    def multirun_argv(self) -> list[str]:
+    def multirun_argv(self, place: DictConfig) -> list[str]:
+        """Hydra's argv; the store and cache as absolute paths, so every worker shares them."""
         axes = [f"{k}={','.join(v)}" for k, v in self.axes.items()]
-        return ["cttt", "--multirun", *self.fixed, *axes, *self.hydra_args]
+        fixed = [o for o in self.fixed if _key(o) not in ("runs_dir", "cache_dir")]
+        paths = [f"runs_dir={quote(place.runs_dir)}", f"cache_dir={quote(place.cache_dir)}"]
+        return ["cttt", "--multirun", *fixed, *paths, *axes, *self.hydra_args]
 
 
 def available_sweeps() -> list[str]:
@@ -83,7 +100,9 @@ def available_sweeps() -> list[str]:
 
 
 def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> Sweep:
-    """The sweep file plus command-line overrides: `key=a,b` sets that axis, `key=v` fixes it."""
+    """The sweep file plus command-line overrides, read with Hydra's override grammar: a sweep
+    (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it."""
+    check_name(name, "sweep")
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.exists():
         raise UserError(f"unknown sweep {name!r}; valid: {', '.join(available_sweeps())}")
@@ -93,29 +112,86 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(spec, dict) or set(spec) - SWEEP_KEYS:
         raise UserError(f"{path}: top-level keys must be among {sorted(SWEEP_KEYS)}")
-    axes = {
-        str(k): [str(v) for v in (vals if isinstance(vals, list) else [vals])]
-        for k, vals in (spec.get("axes") or {}).items()
-    }
-    fixed = {str(k): str(v) for k, v in (spec.get("overrides") or {}).items()}
-    hydra_args = []
-    for token in cli_overrides:
-        key, eq, value = token.partition("=")
-        if not eq:
-            raise UserError(f"override {token!r} is not key=value")
-        if key.startswith("hydra"):
-            hydra_args.append(token)
-        elif "," in value and not value.startswith("["):
-            axes[key] = value.split(",")
+    for section in ("axes", "overrides"):
+        if not isinstance(spec.get(section) or {}, dict):
+            raise UserError(f"{path}: '{section}' must map keys to values")
+    lines = [
+        f"{k}={','.join(quote(v) for v in values) if isinstance(values, list) else values}"
+        for k, values in (spec.get("axes") or {}).items()
+    ]
+    lines += [f"{k}={quote(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    axes: dict[str, list[str]] = {}
+    fixed: dict[str, str] = {}
+    hydra_args: list[str] = []
+    for override in parse_overrides(lines, str(path)) + parse_overrides(cli_overrides, "the command line"):
+        key = override.key_or_group
+        if override.is_hydra_override():
+            hydra_args.append(override.input_line)
+        elif override.is_sweep_override():
+            axes[key] = sweep_values(override)
             fixed.pop(key, None)
         else:
-            fixed[key] = value
+            fixed[key] = override.input_line
             axes.pop(key, None)
     if jobs and jobs > 1:
+        explicit = [a for a in hydra_args if a.startswith(("hydra/launcher", "hydra.launcher"))]
+        if explicit:
+            raise UserError(f"--jobs {jobs} picks the joblib launcher; drop it or {explicit[0]!r}, not both")
         hydra_args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-        fixed.setdefault("threads", str(max(1, (os.cpu_count() or 1) // jobs)))
-    fixed["sweep"] = name
-    return Sweep(name, spec.get("description", ""), axes, [f"{k}={v}" for k, v in fixed.items()], hydra_args)
+        fixed.setdefault("threads", f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
+    fixed["sweep"] = f"sweep={name}"
+    return Sweep(name, spec.get("description", ""), axes, list(fixed.values()), hydra_args)
+
+
+def parse_overrides(lines: list[str], where: str) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides([str(line) for line in lines])
+    except OverrideParseException as err:
+        raise UserError(f"{where}: {' '.join(str(err).split())}") from None
+
+
+def sweep_values(override: Override) -> list[str]:
+    """The values of a sweep override, each as Hydra reads it; `glob` picks among a group's options."""
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+        group = override.key_or_group
+        if group not in GROUPS:
+            raise UserError(f"{override.input_line!r}: glob() picks config options; valid keys: {', '.join(GROUPS)}")
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        values = override.value().filter(options)
+        if not values:
+            raise UserError(f"{override.input_line!r} matches no {group}; valid: {', '.join(options)}")
+        return values
+    if override.value_type == ValueType.INTERVAL_SWEEP:
+        raise UserError(f"{override.input_line!r}: interval() needs a sweeper that samples; give values or range()")
+    return list(override.sweep_string_iterator())
+
+
+def check_hydra_args(overrides: list[str]) -> None:
+    """Compose once with the `hydra.*` arguments, so a bad launcher or key fails before any cell."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as err:
+        group, _, name = (err.missing_cfg_file or "").strip("/").rpartition("/")
+        raise UserError(f"unknown {group} {name!r}; valid: {', '.join(err.options or [])}") from None
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = f": {' '.join(str(err.__cause__).split())}" if err.__cause__ else ""
+        raise UserError(f"{' '.join(str(err).split())}{cause}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def quote(value) -> str:
+    """A value as Hydra's grammar reads it back: strings with special characters are quoted."""
+    text = str(value)
+    if isinstance(value, str) and not PLAIN.fullmatch(text):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -130,7 +206,7 @@ def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
     """Run the multirun with a live progress view; returns the count of cells per final state."""
     record_grid(sweep, cells)
     monitor = Monitor(cells, console)
-    argv, sys.argv = sys.argv, sweep.multirun_argv()
+    argv, sys.argv = sys.argv, sweep.multirun_argv(cells[0].config)
     monitor.start()
     try:
         hydra_cell()
@@ -171,7 +247,7 @@ class Monitor:
             console=console,
             transient=False,
         )
-        self._reported = {c.id for c in cells if c.state() in FINISHED}  # finished before this launch
+        self._reported = {c.id for c in cells if c.state() in FINAL}  # finished before this launch
         self.task = self.progress.add_task(
             "cells", total=len(cells), completed=len(self._reported), states="", current=""
         )
@@ -184,9 +260,9 @@ class Monitor:
     def refresh(self) -> None:
         states = {c.id: c.state() for c in self.cells}
         tally = Counter(s.split(":")[0] for s in states.values())
-        finished = sum(tally[s] for s in FINISHED)
+        finished = sum(tally[s] for s in FINAL)
         for cid, state in states.items():  # one line per finished cell: readable in logs too
-            if state in FINISHED and cid not in self._reported:
+            if state in FINAL and cid not in self._reported:
                 self._reported.add(cid)
                 self.progress.console.print(f"[{finished}/{len(states)}] {state:<8} {cid}", highlight=False)
         running = [f"{cid} [{s.split(':')[1]}]" for cid, s in states.items() if s.startswith("running")]

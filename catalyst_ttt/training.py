@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
@@ -9,6 +10,8 @@ from typing import Callable
 
 import torch
 from datasets import Dataset
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
@@ -19,9 +22,77 @@ from catalyst_ttt.tasks.base import Problem, Task
 
 
 class Diverged(RuntimeError):
-    def __init__(self, step: int, what: str):
-        super().__init__(f"{what} is NaN at TTT step {step}")
+    def __init__(self, step: int | None, what: str, phase: str = "TTT"):
+        super().__init__(f"{what} is NaN at {phase} step {step}" if step is not None else f"{what} is NaN")
         self.step = step
+
+
+# What torch says when it samples from NaN (or inf) logits: the model diverged, the code did not fail.
+NAN_SAMPLING = "probability tensor contains either `inf`, `nan` or element < 0"
+
+
+def divergence_of(err: BaseException) -> Diverged | None:
+    """`err` as a divergence: a Diverged, or sampling that died on NaN logits; None for a real failure."""
+    if isinstance(err, Diverged):
+        return err
+    if isinstance(err, RuntimeError) and NAN_SAMPLING in str(err):
+        return Diverged(None, "sampling from NaN logits")
+    return None
+
+
+class NanGuard(TrainerCallback):
+    """A NaN training loss (needs `logging_nan_inf_filter=False`) or NaN weights after a step stop
+    the phase as diverged: nothing trained on NaN is cached or evaluated as if it were a model."""
+
+    def __init__(self, phase: str):
+        self.phase = phase
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):  # every step: logging_steps=1
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise Diverged(state.global_step, "loss", self.phase)
+        if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise Diverged(state.global_step, "a weight", self.phase)
+
+
+_PROGRESS: list[Progress] = []  # the progress display of `training_progress`, while one is open
+
+
+@contextlib.contextmanager
+def training_progress(console: Console):
+    """Within this block every trainer draws a progress bar with an ETA (`cttt run`)."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        _PROGRESS.append(progress)
+        try:
+            yield
+        finally:
+            _PROGRESS.remove(progress)
+
+
+class ProgressBar(TrainerCallback):
+    def __init__(self, progress: Progress, label: str):
+        self.progress, self.label, self.task = progress, label, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.task = self.progress.add_task(self.label, total=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+
+def _callbacks(callbacks, phase: str, steps: int) -> list[TrainerCallback]:
+    shown = [ProgressBar(_PROGRESS[-1], f"{phase} {steps} steps")] if _PROGRESS else []
+    return [NanGuard(phase), *callbacks, *shown]
 
 
 def _common_args(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
@@ -40,6 +111,7 @@ def _common_args(output_dir: str, steps: int, batch_size: int, lr: float, seed: 
         disable_tqdm=True,
         dataloader_num_workers=0,
         gradient_checkpointing=False,  # TRL defaults it on: a ~1M-parameter model only pays its recompute
+        logging_nan_inf_filter=False,  # else a NaN step loss is logged as the running mean and never seen
     )
 
 
@@ -67,7 +139,11 @@ def sft(
             max_length=max_length,
         )
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=_callbacks(callbacks, "SFT", steps),
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -75,7 +151,7 @@ def sft(
 
 
 def make_reward_function(
-    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], model, tokenizer, fail_at: int | None
+    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], model, tokenizer
 ) -> Callable:
     """A TRL reward function for `signal` scoring with `model` (the policy GRPO trains in place),
     plus diagnostics that read gold answers.
@@ -105,8 +181,6 @@ def make_reward_function(
         )
         rewards = signal.reward(batch, cfg.signal)
         step = trainer_state.global_step if trainer_state is not None else 0
-        if fail_at is not None and step + 1 >= fail_at:
-            rewards = [float("nan")] * len(rewards)
         if any(math.isnan(r) for r in rewards):  # TRL would read NaN as "abstain" and train on
             raise Diverged(step + 1, f"{signal.name} reward")
         if log_metric is not None:
@@ -184,7 +258,7 @@ def grpo(
             args=args,
             processing_class=tokenizer,
             train_dataset=Dataset.from_dict({"prompt": prompts}),
-            callbacks=callbacks,
+            callbacks=_callbacks(callbacks, "TTT", t.steps),
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()

@@ -1,8 +1,17 @@
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
 from helpers.cells import cttt
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -46,3 +55,35 @@ def test_list_names_every_registered_unit():
     assert done.exit_code == 0
     for name in ("alchemy", "swapped", "illogical", "majority", "verifree", "self_sft", "tiny", "hf", "default"):
         assert name in done.stdout
+
+
+def test_run_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["run", "--cfg", "job", "regime=swapped", "ttt.steps=7"], terminal_width=200)
+    assert done.exit_code == 0, done.output
+    cfg = yaml.safe_load(done.stdout)
+    assert cfg["regime"]["name"] == "swapped" and cfg["ttt"]["steps"] == 7
+    assert cfg["runs_dir"] == str(tmp_path / "runs")  # absolute: every worker shares one store
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_wheel_ships_conf_and_sweeps(tmp_path):
+    """A non-editable install finds its configs and sweeps inside the package."""
+    source = tmp_path / "src"
+    for part in ("catalyst_ttt", "conf", "sweeps"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    shipped = {f"catalyst_ttt/{p.relative_to(ROOT).as_posix()}" for p in ROOT.glob("conf/**/*.yaml")}
+    shipped |= {f"catalyst_ttt/{p.relative_to(ROOT).as_posix()}" for p in ROOT.glob("sweeps/*.yaml")}
+    assert shipped and shipped <= names
+    assert "catalyst_ttt/conf/task/alchemy.yaml" in names and "catalyst_ttt/sweeps/default.yaml" in names

@@ -1,6 +1,9 @@
 """Sweeps through real Hydra multiruns: resume after SIGKILL, parallel jobs, divergence, Ray."""
 
+import dataclasses
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,7 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from catalyst_ttt import pipeline
+from catalyst_ttt.cli import app
 from catalyst_ttt.sweep import load_sweep
 from helpers.cells import CTTT, cttt
 
@@ -81,7 +87,7 @@ def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_jobs_train_the_base_once_and_a_diverging_cell_does_not_stop_the_sweep(tmp_path):
+def test_parallel_jobs_train_the_base_once(tmp_path):
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     done = cttt(
         "sweep",
@@ -89,22 +95,44 @@ def test_parallel_jobs_train_the_base_once_and_a_diverging_cell_does_not_stop_th
         "--jobs",
         "2",
         "signal=majority",
-        "fail_at=null,nan@2",
+        "seed=0,1",
         f"runs_dir={runs}",
         f"cache_dir={cache}",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = _results(runs, "smoke")
-    assert len(results) == 4
-    statuses = Counter((r["config"]["fail_at"] is not None, r["status"]) for r in results.values())
-    assert statuses == {(True, "diverged"): 2, (False, "done"): 2}
-    assert all(r["diverged_step"] == 2 for r in results.values() if r["status"] == "diverged")
+    assert len(results) == 4 and all(r["status"] == "done" for r in results.values())
     trainings = _trainings(cache)
     assert trainings["base"] == 1  # two jobs needed it at once; the lock let one train it
-    assert trainings["catalyst"] == 1  # regime correct, one seed
+    assert trainings["catalyst"] == 2  # regime correct, two seeds
     assert {r["host"] for r in results.values()}  # recorded where each ran
     assert {r["config"]["threads"] for r in results.values()} == {1}  # torch threads divided between jobs
+
+
+@pytest.mark.slow
+def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path, shared_cache, monkeypatch):
+    """The fault is injected here: seed 1's reward turns NaN from its second call on."""
+    make_reward = pipeline.make_reward_function
+
+    def nan_for_seed_1(signal, cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            calls, honest = itertools.count(1), signal.reward
+
+            def reward(batch, signal_cfg):
+                return [math.nan] * len(batch.completions) if next(calls) >= 2 else honest(batch, signal_cfg)
+
+            signal = dataclasses.replace(signal, reward=reward)
+        return make_reward(signal, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_reward_function", nan_for_seed_1)
+    runs = tmp_path / "runs"
+    args = ["sweep", "smoke", "regime=correct", "signal=majority", "seed=0,1", f"runs_dir={runs}"]
+    done = CliRunner().invoke(app, [*args, f"cache_dir={shared_cache}"], terminal_width=200)
+    assert done.exit_code == 0, done.output
+    results = {r["axes"]["seed"]: r for r in _results(runs, "smoke").values()}
+    assert results[0]["status"] == "done"
+    assert results[1]["status"] == "diverged" and results[1]["diverged_step"] == 2
 
 
 @pytest.mark.slow
@@ -137,3 +165,37 @@ def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path, monkeypatch):
         assert _trainings(cache)["base"] == 1
     finally:
         cluster.shutdown()
+
+
+def test_hydra_grammar_range_choice_glob_and_quoted_commas():
+    sweep = load_sweep(
+        "smoke", ["seed=range(0,3)", "regime=choice(none,correct)", "signal=glob(ma*)", "wandb.project='a,b'"]
+    )
+    assert sweep.axes["seed"] == ["0", "1", "2"] and sweep.axes["regime"] == ["none", "correct"]
+    assert sweep.axes["signal"] == ["majority"]
+    cells = sweep.cells()
+    assert len(cells) == 6
+    assert {c.config.wandb.project for c in cells} == {"a,b"}  # one value with a comma, not an axis
+    assert sorted({c.config.seed for c in cells}) == [0, 1, 2]
+
+
+def test_dry_run_of_a_range_lists_three_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["sweep", "smoke", "--dry-run", "seed=range(0,3)"], terminal_width=300)
+    assert done.exit_code == 0, done.output
+    assert "12 cells" in done.stdout and "seed=0,1,2" in done.stdout
+    assert all(f"-s{seed}-" in done.stdout for seed in range(3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_grid_points_collapse_into_one_cell():
+    cells = load_sweep("smoke", ["seed=0,0", "regime=correct,correct"]).cells()
+    assert len(cells) == 2 and len({c.id for c in cells}) == 2  # signal none, majority
+
+
+def test_the_multirun_places_store_and_cache_by_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep("smoke", ["runs_dir=rel/runs", "cache_dir=rel/cache"])
+    argv = sweep.multirun_argv(sweep.cells()[0].config)
+    assert f"runs_dir={tmp_path}/rel/runs" in argv and f"cache_dir={tmp_path}/rel/cache" in argv
+    assert "runs_dir=rel/runs" not in argv

@@ -132,8 +132,17 @@ class Alchemy(Task):
             uid=uid, prompt=prompt, steps=tuple(steps), answer=current, spec={"start": start, "ops": list(ops)}
         )
 
-    def _sample(self, rng, n, compositions, length, taken: set, noisy=False) -> list[Problem]:
-        keys = sample_unique(rng, n, lambda r: (self._element(r, length), r.choice(compositions)), taken)
+    def _sample(self, rng, n, compositions, length, taken: set, split: str, noisy=False) -> list[Problem]:
+        allowed = set(compositions)
+        keys = sample_unique(
+            rng,
+            n,
+            lambda r: (self._element(r, length), r.choice(compositions)),
+            taken,
+            in_space=lambda key: len(key[0]) == length and key[1] in allowed,
+            space=self.cfg.alphabet_size**length * len(allowed),
+            split=split,
+        )
         return [self.make_problem(start, ops, rng if noisy else None) for start, ops in keys]
 
     @functools.cached_property
@@ -143,14 +152,16 @@ class Alchemy(Task):
         ttt = self.task_compositions
         longer = list(itertools.product(cfg.ops, repeat=cfg.shift_steps))
         return {
-            "train": self._sample(rng, cfg.n_train, ttt, cfg.length, taken),
-            "reader": self._sample(rng, cfg.n_reader, ttt, cfg.length, taken),
-            "id": self._sample(rng, cfg.n_id, ttt, cfg.length, taken),
-            "heldout": self._sample(rng, cfg.n_heldout, ttt, cfg.length, taken),
-            "shift_compose": self._sample(rng, cfg.n_shift, self.heldout_compositions, cfg.length, taken),
-            "shift_length": self._sample(rng, cfg.n_shift, ttt, cfg.shift_length, taken),
-            "shift_steps": self._sample(rng, cfg.n_shift, longer, cfg.length, taken),
-            "shift_format": self._sample(rng, cfg.n_shift, ttt, cfg.length, taken, noisy=True),
+            "train": self._sample(rng, cfg.n_train, ttt, cfg.length, taken, "train"),
+            "reader": self._sample(rng, cfg.n_reader, ttt, cfg.length, taken, "reader"),
+            "id": self._sample(rng, cfg.n_id, ttt, cfg.length, taken, "id"),
+            "heldout": self._sample(rng, cfg.n_heldout, ttt, cfg.length, taken, "heldout"),
+            "shift_compose": self._sample(
+                rng, cfg.n_shift, self.heldout_compositions, cfg.length, taken, "shift_compose"
+            ),
+            "shift_length": self._sample(rng, cfg.n_shift, ttt, cfg.shift_length, taken, "shift_length"),
+            "shift_steps": self._sample(rng, cfg.n_shift, longer, cfg.length, taken, "shift_steps"),
+            "shift_format": self._sample(rng, cfg.n_shift, ttt, cfg.length, taken, "shift_format", noisy=True),
         }
 
     def splits(self) -> dict[str, list[Problem]]:

@@ -86,9 +86,17 @@ class Arith(Task):
             spec={"a": a, "b": b},
         )
 
-    def _sample(self, rng, n, digits, taken, noisy=False) -> list[Problem]:
+    def _sample(self, rng, n, digits, taken, split: str, noisy=False) -> list[Problem]:
         low, high = 10 ** (digits - 1), 10**digits - 1
-        keys = sample_unique(rng, n, lambda r: (r.randint(low, high), r.randint(low, high)), taken)
+        keys = sample_unique(
+            rng,
+            n,
+            lambda r: (r.randint(low, high), r.randint(low, high)),
+            taken,
+            in_space=lambda key: low <= key[0] <= high,
+            space=(high - low + 1) ** 2,
+            split=split,
+        )
         return [self.make_problem(a, b, rng if noisy else None) for a, b in keys]
 
     @functools.cached_property
@@ -96,12 +104,12 @@ class Arith(Task):
         cfg, taken = self.cfg, set()
         rng = random.Random(cfg.seed + 1)
         return {
-            "train": self._sample(rng, cfg.n_train, cfg.digits, taken),
-            "reader": self._sample(rng, cfg.n_reader, cfg.digits, taken),
-            "id": self._sample(rng, cfg.n_id, cfg.digits, taken),
-            "heldout": self._sample(rng, cfg.n_heldout, cfg.digits, taken),
-            "shift_length": self._sample(rng, cfg.n_shift, cfg.shift_digits, taken),
-            "shift_format": self._sample(rng, cfg.n_shift, cfg.digits, taken, noisy=True),
+            "train": self._sample(rng, cfg.n_train, cfg.digits, taken, "train"),
+            "reader": self._sample(rng, cfg.n_reader, cfg.digits, taken, "reader"),
+            "id": self._sample(rng, cfg.n_id, cfg.digits, taken, "id"),
+            "heldout": self._sample(rng, cfg.n_heldout, cfg.digits, taken, "heldout"),
+            "shift_length": self._sample(rng, cfg.n_shift, cfg.shift_digits, taken, "shift_length"),
+            "shift_format": self._sample(rng, cfg.n_shift, cfg.digits, taken, "shift_format", noisy=True),
         }
 
     def splits(self) -> dict[str, list[Problem]]:

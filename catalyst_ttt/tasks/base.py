@@ -6,6 +6,8 @@ import abc
 import random
 from dataclasses import dataclass, field, replace
 
+from catalyst_ttt.errors import UserError
+
 # The default completion format: steps separated by STEP_SEP, then ANSWER_MARK and the answer.
 STEP_SEP = ";"
 ANSWER_MARK = "#"
@@ -21,23 +23,23 @@ def insert_noise(text: str, rng: random.Random, count: int) -> str:
     return "".join(chars)
 
 
-def sample_unique(rng: random.Random, n: int, draw, taken: set, patience: int = 100_000) -> list:
-    """n keys from `draw(rng)` that no earlier call took: splits never share a problem. Refuses,
-    instead of looping forever, when `patience` draws in a row find nothing new."""
-    keys, misses = [], 0
+def sample_unique(rng: random.Random, n: int, draw, taken: set, in_space, space: int, split: str) -> list:
+    """n keys from `draw(rng)` that no earlier call took: splits never share a problem.
+
+    `draw` yields keys from a space of `space` keys (`in_space(key)` tells which taken keys lie in
+    it); asking for more than remain is refused here, before the draw could loop forever.
+    """
+    available = space - sum(1 for key in taken if in_space(key))
+    if n > available:
+        raise UserError(
+            f"split {split!r} asks for {n} distinct problems but the task's settings leave only {available}; "
+            "lower its task.n_* size or widen the task"
+        )
+    keys = []
     while len(keys) < n:
         key = draw(rng)
         if key in taken:
-            misses += 1
-            if misses > patience:
-                from catalyst_ttt.errors import UserError
-
-                raise UserError(
-                    f"the task cannot produce {n} distinct problems for a split (found {len(keys)}); "
-                    "ask for fewer items (task.n_*) or a larger problem space"
-                )
             continue
-        misses = 0
         taken.add(key)
         keys.append(key)
     return keys

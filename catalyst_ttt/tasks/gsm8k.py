@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import operator
 import random
 import re
@@ -32,6 +33,11 @@ BINARY = {
     ast.Pow: operator.pow,
 }
 UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+# Model output is evaluated here, so every bound is on the input and on each intermediate result:
+# a calculator line is short, shallow and about numbers a grade-school problem can hold.
+MAX_CHARS = 200
+MAX_DEPTH = 32
+MAX_MAGNITUDE = 1e15
 MAX_EXPONENT = 64
 
 
@@ -40,28 +46,40 @@ class UnsafeExpression(ValueError):
 
 
 def safe_eval(expression: str) -> float:
-    """Evaluate + - * / // % ** on numbers. Any other syntax (names, calls, attributes) raises."""
+    """Evaluate + - * / // % ** on numbers. Any other syntax (names, calls, attributes), a result
+    that is complex, not finite or beyond MAX_MAGNITUDE, or an expression too long or too deep raises."""
+    text = expression.replace(",", "").strip()
+    if len(text) > MAX_CHARS:
+        raise UnsafeExpression(f"longer than {MAX_CHARS} characters")
     try:
-        tree = ast.parse(expression.replace(",", "").strip(), mode="eval")
-    except SyntaxError as err:
-        raise UnsafeExpression(f"not arithmetic: {expression!r}") from err
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        raise UnsafeExpression(f"not arithmetic: {expression[:40]!r}") from err
 
-    def walk(node):
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
+    def bounded(value):
+        if isinstance(value, complex) or not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+            raise UnsafeExpression("a result is complex, not finite or too large")
+        return value
+
+    def walk(node, depth: int):
+        if depth > MAX_DEPTH:
+            raise UnsafeExpression(f"nested deeper than {MAX_DEPTH}")
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
+            return bounded(node.value)
         if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-                raise UnsafeExpression("exponent too large")
-            return BINARY[type(node.op)](left, right)
+            left, right = walk(node.left, depth + 1), walk(node.right, depth + 1)
+            if isinstance(node.op, ast.Pow) and (
+                abs(right) > MAX_EXPONENT
+                or (abs(left) > 1 and right > 0 and right * math.log10(abs(left)) > math.log10(MAX_MAGNITUDE))
+            ):
+                raise UnsafeExpression("power too large")
+            return bounded(BINARY[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
-            return UNARY[type(node.op)](walk(node.operand))
+            return UNARY[type(node.op)](walk(node.operand, depth + 1))
         raise UnsafeExpression(f"not arithmetic: {type(node).__name__}")
 
     try:
-        return float(walk(tree))
+        return float(walk(tree.body, 0))
     except (ZeroDivisionError, OverflowError) as err:
         raise UnsafeExpression(str(err)) from err
 
@@ -114,31 +132,56 @@ def _load_rows(cfg: GSM8KConfig) -> list[tuple[str, dict]]:
         except Exception as err:  # noqa: BLE001
             raise UserError(f"{path}: not a readable Parquet file ({err})") from None
         return [(f"{path}:row {i + 1}", row) for i, row in enumerate(rows)]
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    return [(f"{path}:{number}", row) for number, row in _read_jsonl(path)]
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, object]]:
+    """(line number, parsed row) for every non-blank line of a UTF-8 JSON Lines file."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-        out.append((f"{path}:{number}", row))
-    return out
+        except RecursionError:
+            raise UserError(f"{path}:{number}: JSON nested too deeply for a row") from None
+        except ValueError as err:  # e.g. an integer literal beyond Python's digit limit
+            raise UserError(f"{path}:{number}: invalid JSON ({str(err).splitlines()[0]})") from None
+    return rows
 
 
 def _problem(location: str, row) -> Problem:
     if not isinstance(row, dict):
         raise UserError(f"{location}: a row must be an object with 'question' and 'answer'")
     for key in ("question", "answer"):
-        if not isinstance(row.get(key), str):
+        if not isinstance(row.get(key), str) or not row[key].strip():
             raise UserError(f"{location}: row has no '{key}' string")
     body, mark, final = row["answer"].rpartition(FINAL)
     if not mark or not final.strip():
         raise UserError(f"{location}: answer has no final '#### N' line")
+    answer = final.strip().replace(",", "")
+    if not _is_number(answer):
+        raise UserError(f"{location}: final answer {answer[:40]!r} is not a number")
     steps = tuple(line.strip() for line in body.strip().splitlines() if line.strip())
-    return Problem(
-        uid=location, prompt=row["question"].strip() + "\n", steps=steps, answer=final.strip().replace(",", ""), spec={}
-    )
+    return Problem(uid=location, prompt=row["question"].strip() + "\n", steps=steps, answer=answer, spec={})
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 @TASKS.register("gsm8k")
