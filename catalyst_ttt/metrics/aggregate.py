@@ -123,7 +123,7 @@ def ignition_key(result: dict) -> dict:
     key = {
         axis: value for axis, value in sorted(result["axes"].items()) if axis not in (*SEED_AXES, "signal", "reference")
     }
-    return key | {"config": design_hash(result.get("config", {}), drop=("signal", "ttt", "fail_at"))}
+    return key | {"config": design_hash(result.get("config", {}), drop=("signal", "ttt"))}
 
 
 def shift_splits(results: list[dict]) -> list[str]:
