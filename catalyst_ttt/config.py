@@ -283,6 +283,8 @@ TINY_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "ma
 
 
 def _check_range(key: str, value, rule: tuple[float, float, bool]) -> None:
+    if value is None:  # an optional limit left unset (e.g. eval.max_per_split: every item)
+        return
     low, high, low_allowed = rule
     ok = math.isfinite(value) and (value >= low if low_allowed else value > low) and value <= high
     if not ok:
