@@ -23,7 +23,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.models import ModelConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -36,6 +35,21 @@ def shipped_dir(name: str) -> Path:
 
 CONF_DIR = shipped_dir("conf")
 GROUPS = ("task", "regime", "signal", "model")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny"  # tiny | hf
+    # tiny
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_positions: int = 192
+    # hf
+    name_or_path: str | None = None
+    trust_remote_code: bool = False  # run the model repository's own Python code: only for sources you trust
+    allow_pickle: bool = False  # also load PyTorch pickle weights (.bin), which can run code; default safetensors
 
 
 @dataclass

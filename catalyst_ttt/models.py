@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,25 +16,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from catalyst_ttt.config import ModelConfig
 from catalyst_ttt.errors import UserError
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARACTERS = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
-
-
-@dataclass
-class ModelConfig:
-    kind: str = "tiny"  # tiny | hf
-    # tiny
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_positions: int = 192
-    # hf
-    name_or_path: str | None = None
-    trust_remote_code: bool = False  # run the model repository's own Python code: only for sources you trust
-    allow_pickle: bool = False  # also load PyTorch pickle weights (.bin), which can run code; default safetensors
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
