@@ -188,6 +188,8 @@ def status(
     for store in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
         if store.cell not in states:
             states[store.cell] = store.state((store.result() or {}).get("config_hash", ""))
+    for result in results:  # finished cells whose directory holds only the result
+        states.setdefault(result["cell"], result["status"])
     tally: dict[str, int] = {}
     for state in states.values():
         tally[state.split(":")[0]] = tally.get(state.split(":")[0], 0) + 1

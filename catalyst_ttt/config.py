@@ -355,7 +355,10 @@ def check_sizes(cfg: DictConfig, task) -> None:
 
     sizes = split_sizes(task)
     listing = ", ".join(f"{k}={v}" for k, v in sizes.items())
-    empty = [name for name, size in sizes.items() if size == 0 and (name != "train" or cfg.regime.name != "none")]
+    unused = {"train"} if cfg.regime.name == "none" else set()
+    if not cfg.metrics.ig.enabled or cfg.metrics.ig.scorer:
+        unused.add("reader")  # no IG reader is trained on it
+    empty = [name for name, size in sizes.items() if size == 0 and name not in unused]
     if empty:
         raise UserError(f"task {cfg.task.name}: split {empty[0]!r} is empty (split sizes: {listing})")
     trains = SIGNALS.get(cfg.signal.name).trainer is not None and cfg.ttt.steps > 0

@@ -61,13 +61,11 @@ OVERRIDES = [
     (["run", "metrics.stability.max_drop=1.5"], "max_drop=1.5 is not valid; it must be finite and >= 0 and <= 1"),
     (["run", "task.heldout_composition_frac=-0.1"], "task.heldout_composition_frac=-0.1 is not valid"),
     (["run", "task.max_ops=0"], "task.max_ops=0 is not valid"),
-    (
-        ["run", "task.min_ops=3", "task.max_ops=2"],
-        "asks for 2000 distinct problems but the task's settings leave only 0;",
-    ),
+    (["run", "task.max_ops=1"], "task.answer_only_frac=0.5 leaves no composition for the task splits"),
+    (["run", "task.answer_only_frac=1"], "task.answer_only_frac=1.0 leaves no composition for the task splits"),
     (["run", "task.n_id=100000000"], "split 'id' asks for 100000000 distinct problems"),
     (["run", "task=arith", "task.digits=1"], "asks for 2000 distinct problems but the task's settings leave only 81"),
-    (["run", "task.n_id=0"], "split 'id' is empty (split sizes: train=2000, id=0"),
+    (["run", "task.n_id=0"], "split 'id' is empty (split sizes: train=2000, reader=512, id=0"),
     (["run", "task.n_shift=0"], "split 'shift_compose' is empty"),
     (["run", "ttt.prompts_per_step=500"], "ttt.prompts_per_step=500 is more than the 128 id prompts of task alchemy"),
     (
@@ -86,7 +84,7 @@ OVERRIDES = [
     (["run", "metrics.ig.scorer=/nonexistent/scorer"], "metrics.ig.scorer='/nonexistent/scorer': no model there"),
     (["run", "lock_timeout=-1"], "lock_timeout=-1.0 is not valid"),
     (["run", "--cfg", "hydra"], "--cfg hydra is not valid; valid: job"),
-    (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, full, smoke"),
+    (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, full, signals, smoke, testbed"),
     (["sweep", "../smoke"], "sweep='../smoke' is not valid"),
     (["sweep", "smoke", "regime=none,nope"], "unknown regime 'nope'"),
     (["sweep", "smoke", "--jobs", "0"], "--jobs 0 is not valid"),
@@ -141,7 +139,7 @@ DATA_FILES = [
     (b'{"question": "q", "answer": "#### two"}\n', "data.jsonl:1: final answer 'two' is not a number"),
     (b'{"question": "q", "answer": "#### inf"}\n', "data.jsonl:1: final answer 'inf' is not a number"),
     (GOOD_ROW.encode() + b"\n{not json\n", "data.jsonl:2: invalid JSON"),
-    (GOOD_ROW.encode() + b"\n", "is empty (split sizes: train=0, id=1, heldout=0, shift_steps=0)"),
+    (GOOD_ROW.encode() + b"\n", "is empty (split sizes: train=0, reader=0, id=1, heldout=0, shift_steps=0)"),
 ]
 
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
         (["run", "ttt.stepz=3"], "unknown key 'ttt.stepz'; valid keys of ttt: steps"),
         (["run", "signal=verifree", "signal.reference=nope"], "valid: majority, gold"),
         (["run", "model=hf", "model.name_or_path=./missing"], "no model there"),
-        (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, full, smoke"),
+        (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, full, signals, smoke, testbed"),
         (["sweep", "smoke", "regime=none,nope"], "unknown regime 'nope'"),
         (["sweep", "smoke", "--jobs", "0"], "--jobs 0 is not valid"),
     ],

@@ -175,6 +175,25 @@ def test_accuracy_trap_from_step_validity_or_information_gain(tmp_path):
     assert answer[-1].startswith("No group with a verdict fell into the accuracy trap")
 
 
+def test_a_failed_ig_calibration_keeps_ig_out_of_the_answer(tmp_path):
+    results = []
+    for seed in (0, 1, 2):
+        results += [
+            fake_result("correct", "verifree", seed, 0.3, 0.6, ig=-2.0),
+            fake_result("correct", "none", seed, 0.3, 0.3, ig=1.0),
+        ]
+    holding = build_report(_store(tmp_path / "holds", results), "hand")
+    assert holding.calibration.holds() and any(s.startswith("Accuracy trap") for s in holding.answer)
+    for result in results:  # a reader that scores swapped traces above gold ones
+        result["ig_calibration"] = {"correct": 0.3, "swapped": 0.5, "illogical": 0.1, "corrupted": 0.0}
+    failing = build_report(_store(tmp_path / "fails", results), "hand")
+    assert not failing.calibration.holds()
+    assert not any(s.startswith("Accuracy trap") for s in failing.answer)
+    text = markdown(failing, embed=False)
+    assert "Calibration FAILS: IG is not interpretable for this sweep" in text
+    assert "| alchemy/tiny/base seed 0 | +0.300 | +0.500 | +0.100 | +0.000 |" in text
+
+
 def test_diverged_and_failed_replicates_are_flagged_never_dropped(tmp_path):
     results = [fake_result("correct", signal, s, 0.6, 0.65) for s in (0, 1, 2) for signal in ("majority", "process")]
     results += [
@@ -378,7 +397,7 @@ def test_written_report_plots_html_and_status(tmp_path):
         width, height = _png_size(directory / f"{name}.png")
         assert 400 <= width <= 4000 and 300 <= height <= 3000
     html = (directory / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and html.count("<table>") == 4
+    assert html.count("data:image/png;base64,") == 4 and html.count("<table>") == 5  # with the IG calibration
     done = CliRunner().invoke(app, ["status", "hand", "--runs-dir", str(runs)], terminal_width=300)
     assert done.exit_code == 0, done.output
     assert "36 cells — done=36" in done.output and "no TTT" in done.output and "gold" in done.output

@@ -230,7 +230,8 @@ def test_verifier_on_gsm8k_is_refused_up_front(gsm8k):
     _, path = gsm8k
     with pytest.raises(UserError, match="signal verifier needs a full step verifier.*tasks with one: alchemy, arith"):
         compose_cell(["task=gsm8k", f"task.path={path}", "signal=verifier"])
-    compose_cell(["task=gsm8k", f"task.path={path}", "signal=process"])  # the local check serves gsm8k
+    sizes = ["task.n_id=4", "task.n_heldout=2", "task.n_train=1", "task.n_reader=1", "ttt.prompts_per_step=2"]
+    compose_cell(["task=gsm8k", f"task.path={path}", "signal=process", *sizes])  # the local check serves gsm8k
 
 
 # -- diagnostics the harness computes from gold ------------------------------------------
@@ -254,7 +255,7 @@ def test_the_reward_function_logs_its_diagnostics(taught):
     model, tokenizer = taught
     cfg = compose_cell(["signal=process", "ttt.num_generations=3"])
     logged: dict[str, float] = {}
-    reward = make_reward_function(SIGNALS.get("process"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer, None)
+    reward = make_reward_function(SIGNALS.get("process"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer)
     completions = [GOLD, WRONG_OPS, "###"]
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     assert reward([PROBLEM.prompt] * 3, completions, ids, log_metric=logged.__setitem__) == [1.0, 1.0, 0.0]
@@ -268,7 +269,7 @@ def test_the_reward_function_logs_its_diagnostics(taught):
 def test_the_reward_function_scores_with_the_model_it_closes_over(taught):
     model, tokenizer = taught
     cfg = compose_cell(["signal=verifree", f"ttt.num_generations={len(GROUP)}"])
-    reward = make_reward_function(SIGNALS.get("verifree"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer, None)
+    reward = make_reward_function(SIGNALS.get("verifree"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer)
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in GROUP]
     before = reward([PROBLEM.prompt] * len(GROUP), GROUP, ids)
     assert before == SIGNALS.get("verifree").reward(group_batch(model, tokenizer), SignalConfig())

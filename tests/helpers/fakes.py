@@ -120,6 +120,8 @@ def fake_result(
         "stab": trajectory_stability(steps, [[bool(x) for x in row] for row in rows])
         | {"stab/collapse": collapse, "stab/diversity": 1.0},
         "ig": {"ig/total": ig},
+        # the reader's calibration row: gold traces informative, corruptions less so
+        "ig_calibration": {"correct": 0.8, "swapped": 0.1, "illogical": -0.2, "corrupted": -0.5},
         "trajectory": [
             {"step": s, "id": {"acc": sum(r) / len(r), "step_validity": 0.5, "correct": [bool(x) for x in r]}}
             for s, r in zip(steps, rows)
@@ -128,7 +130,7 @@ def fake_result(
     if access:
         result["access"] = access
     if status != "done":
-        for key in ("metrics", "stab", "ig", "items", "trajectory"):
+        for key in ("metrics", "stab", "ig", "ig_calibration", "items", "trajectory"):
             result.pop(key)
         result["error"] = "RuntimeError: injected" if status == "failed" else "NaN reward at step 3"
     return result
