@@ -16,7 +16,6 @@ from catalyst_ttt.cache import cached_checkpoint
 from catalyst_ttt.config import build_task, task_key
 from catalyst_ttt.evaluation import Trajectory, evaluate_split, generate
 from catalyst_ttt.metrics.information_gain import information_gain
-from catalyst_ttt.metrics.stability import trajectory_stability
 from catalyst_ttt.models import (
     char_tokenizer,
     load_pretrained,
@@ -67,27 +66,21 @@ def run_cell(cfg: DictConfig) -> dict:
         trajectory.record(last_step, model)
         # 4. eval: every split, information gain under the reader, stability over the trajectory
         with record.phase("eval"):
-            evaluated = {
-                name: evaluate_split(task, problems, model, tokenizer, cfg.eval, cfg.seed)
-                for name, problems in evaluated_splits(cfg, splits).items()
-            }
+            evaluated = evaluate_splits(cfg, task, splits, model, tokenizer)
             reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"])
             result["ig"] = cell_information_gain(cfg, task, splits["id"], model, reader, tokenizer)
             result["ig_calibration"] = ig_calibration(cfg, task, splits["heldout"], reader, tokenizer)
-        result["metrics"] = {name: r.metrics for name, r in evaluated.items()}
-        result["items"]["id"]["final"] = evaluated["id"].correct
-        result["items"] |= {name: {"final": r.correct} for name, r in evaluated.items() if name != "id"}
-        result["stab"] = trajectory_stability(trajectory.steps(), trajectory.correct("id")) | {
-            "stab/collapse": result["metrics"]["id"]["samples/collapse"],
-            "stab/diversity": result["metrics"]["id"]["samples/diversity"],
-        }
-        result["examples"] = {name: r.examples for name, r in evaluated.items()}
+        record.add_evaluation(evaluated, trajectory)
     return record.result
 
 
-def evaluated_splits(cfg: DictConfig, splits: dict[str, list[Problem]]) -> dict[str, list[Problem]]:
-    """Every split but the training pools, each cut to `eval.max_per_split` (None: all items)."""
-    return {name: items[: cfg.eval.max_per_split] for name, items in splits.items() if name not in TRAINING_SPLITS}
+def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]], model, tokenizer) -> dict:
+    """Every split but the training pools, each cut to `eval.max_per_split` (None: every item)."""
+    return {
+        name: evaluate_split(task, items[: cfg.eval.max_per_split], model, tokenizer, cfg.eval, cfg.seed)
+        for name, items in splits.items()
+        if name not in TRAINING_SPLITS
+    }
 
 
 def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import traceback
 from omegaconf import DictConfig, OmegaConf
 
 from catalyst_ttt.config import cell_id, config_hash, semantic_dict
+from catalyst_ttt.metrics.stability import trajectory_stability
 from catalyst_ttt.results import RESULT, SAMPLES, CellDir
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
@@ -108,6 +109,18 @@ class CellRecord:
             yield
         finally:
             self.result["timing"][f"{name}_s"] = time.perf_counter() - started
+
+    def add_evaluation(self, evaluated: dict, trajectory) -> None:
+        """The final eval's metrics and per-item correctness, and stability over the trajectory."""
+        result = self.result
+        result["metrics"] = {name: r.metrics for name, r in evaluated.items()}
+        result["items"]["id"]["final"] = evaluated["id"].correct
+        result["items"] |= {name: {"final": r.correct} for name, r in evaluated.items() if name != "id"}
+        result["stab"] = trajectory_stability(trajectory.steps(), trajectory.correct("id")) | {
+            "stab/collapse": result["metrics"]["id"]["samples/collapse"],
+            "stab/diversity": result["metrics"]["id"]["samples/diversity"],
+        }
+        result["examples"] = {name: r.examples for name, r in evaluated.items()}
 
     def _close(self) -> None:
         result, tracker = self.result, self.tracker
