@@ -361,6 +361,11 @@ def check_sizes(cfg: DictConfig, task) -> None:
     empty = [name for name, size in sizes.items() if size == 0 and name not in unused]
     if empty:
         raise UserError(f"task {cfg.task.name}: split {empty[0]!r} is empty (split sizes: {listing})")
+    if cfg.regime.name != "none" and cfg.catalyst.n > sizes["train"]:
+        raise UserError(
+            f"catalyst.n={cfg.catalyst.n} is more than the {sizes['train']} problems of the catalyst pool "
+            f"(split sizes: {listing}); lower catalyst.n or raise task.n_train"
+        )
     trains = SIGNALS.get(cfg.signal.name).trainer is not None and cfg.ttt.steps > 0
     if trains and sizes["id"] < cfg.ttt.prompts_per_step:
         raise UserError(

@@ -56,6 +56,7 @@ OVERRIDES = [
     (["run", "eval.k=0"], "eval.k=0 is not valid; it must be >= 1"),
     (["run", "eval.max_per_split=0"], "eval.max_per_split=0 is not valid"),
     (["run", "catalyst.n=0"], "catalyst.n=0 is not valid"),
+    (["run", "catalyst.n=2001"], "catalyst.n=2001 is more than the 2000 problems of the catalyst pool"),
     (["run", "ttt.prompts_per_step=0"], "ttt.prompts_per_step=0 is not valid"),
     (["run", "ttt.num_generations=1"], "GRPO groups need >= 2"),
     (["run", "metrics.stability.max_drop=1.5"], "max_drop=1.5 is not valid; it must be finite and >= 0 and <= 1"),

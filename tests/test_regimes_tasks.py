@@ -276,12 +276,13 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
     if task_name == "gsm8k":
         path = tmp_path_factory.getbasetemp() / "gsm_cells.jsonl"
         if not path.exists():
-            write_jsonl(path, gsm8k_rows(60))
+            write_jsonl(path, gsm8k_rows(90))
         extra = [
             f"task.path={path}",
             "task.n_id=8",
             "task.n_heldout=8",
-            "task.n_train=40",
+            "task.n_train=32",
+            "task.n_reader=12",
             "task.max_completion_chars=100",
             "model.max_positions=320",
         ]
@@ -291,7 +292,9 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
             "task.n_heldout=12",
             "task.n_shift=8",
             "task.n_train=64",
+            "task.n_reader=32",
             "task.n_base_facts=200",
+            "task.n_base_chain=200",
             "task.n_base_answer_only=100",
         ]
     # sweeps/smoke.yaml's task.* keys are alchemy's; the other tasks bring their own
@@ -313,7 +316,7 @@ def test_gsm8k_end_to_end_with_a_local_hf_model(tiny, tmp_path, local_hf_model):
     ]
     result = run(
         smoke
-        + [f"task.path={path}", "task.n_id=6", "task.n_heldout=6", "task.n_train=10", "task.max_completion_chars=60"]
+        + [f"task.path={path}", "task.n_id=6", "task.n_heldout=6", "task.n_train=10", "catalyst.n=10", "task.max_completion_chars=60"]
     )
     assert result["status"] == "done", result.get("error")
     assert result["phases"] == {"base": "pretrained", "catalyst": "trained", "reader": "trained"}
