@@ -228,7 +228,7 @@ def cell_information_gain(cfg, task, problems, model, reader, tokenizer) -> dict
 
 def ig_calibration(cfg, task, problems, reader, tokenizer) -> dict:
     """ig/total under the reader of gold, swapped, illogical and corrupted traces of `heldout` items:
-    IG is interpretable when gold > 0 and gold > swapped > illogical."""
+    IG is interpretable when gold > 0 and gold > every corruption (report.IGCalibration)."""
     if reader is None:
         return {}
     problems = problems[: cfg.metrics.ig.max_items]

@@ -113,10 +113,12 @@ class IGCalibration:
     by_reader: dict[str, dict[str, float]]  # "task/model/base seed" -> regime -> mean ig/total
 
     def holds(self) -> bool:
-        """IG reads as information only when, for every reader, gold > 0 and gold > swapped > illogical."""
+        """IG reads as information only when, for every reader, gold traces gain (> 0) and gain more
+        than every corruption of them. The order among corruptions is reported, not required: a
+        reader that reads traces copies a swapped trace's confident wrong chain, so `swapped` can
+        sit below `illogical` (measured: docs/metrics.md)."""
         return all(
-            row.get("correct", -math.inf) > 0
-            and row.get("correct", -math.inf) > row.get("swapped", math.inf) > row.get("illogical", math.inf)
+            row.get("correct", -math.inf) > max(0.0, *(v for k, v in row.items() if k != "correct"))
             for row in self.by_reader.values()
         )
 
@@ -140,7 +142,7 @@ def calibration_lines(report: Report) -> list[str]:
         [reader, *(f"{row.get(r, math.nan):+.3f}" for r in regimes)] for reader, row in calibration.by_reader.items()
     ]
     verdict_line = (
-        "Calibration holds (gold > 0 and gold > swapped > illogical for every reader): ig/total is interpretable."
+        "Calibration holds (for every reader, gold > 0 and gold > every corruption): ig/total is interpretable."
         if calibration.holds()
         else "Calibration FAILS: IG is not interpretable for this sweep; ig/total is not used in the answer."
     )
