@@ -507,6 +507,35 @@ def shift_table(report: Report) -> str:
     return _markdown_table(header, rows)
 
 
+# TTT diagnostics (docs/metrics.md), averaged over logged steps in each cell, then over replicates.
+DIAGNOSTICS = (
+    "ttt/reward",
+    "ttt/frac_zero_std",
+    "ttrl/label_acc",
+    "ttrl/majority_ratio",
+    "ttrl/local_valid_wrong",
+)
+
+
+def diagnostics_table(report: Report) -> str:
+    header = [*report.varying, "regime", "signal", *DIAGNOSTICS]
+    rows = []
+    for g in ordered(report.groups):
+        logged = [c["ttt"] for c in g.cells if c.get("ttt")]
+        if not logged:
+            continue
+        means = [[run[key] for run in logged if key in run] for key in DIAGNOSTICS]
+        rows.append(
+            [
+                *[str(g.key.get(axis, "–"))[:8] for axis in report.varying],
+                g.key["regime"],
+                signal_name(g),
+                *[f"{sum(values) / len(values):.3f}" if values else "–" for values in means],
+            ]
+        )
+    return _markdown_table(header, rows) if rows else "No cell trained at test time."
+
+
 def summary_table(groups: list[Group], title: str) -> Table:
     table = Table(title=title)
     for column in ("regime", "signal", "access", "replicates", "final", "gain", "ignition", "verdict"):
@@ -720,6 +749,10 @@ def markdown(report: Report, embed: bool) -> str:
         "## Variance: base-to-base vs cell-to-cell",
         "",
         variance_table(report),
+        "",
+        "## TTT diagnostics (mean over logged steps; gold-reading diagnostics computed outside the signal)",
+        "",
+        diagnostics_table(report),
         "",
         "## Shift splits (greedy accuracy)",
         "",
