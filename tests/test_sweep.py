@@ -117,12 +117,12 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path, shared_cac
 
     def nan_for_seed_1(signal, cfg, *args, **kwargs):
         if cfg.seed == 1:
-            calls, honest = itertools.count(1), signal.reward
+            calls, honest = itertools.count(1), signal.rule
 
-            def reward(batch, signal_cfg):
+            def rule(batch, signal_cfg):
                 return [math.nan] * len(batch.completions) if next(calls) >= 2 else honest(batch, signal_cfg)
 
-            signal = dataclasses.replace(signal, reward=reward)
+            signal = dataclasses.replace(signal, rule=rule)
         return make_reward(signal, cfg, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "make_reward_function", nan_for_seed_1)
