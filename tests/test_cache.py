@@ -104,6 +104,7 @@ def test_status_shows_a_killed_cell_as_stale(tiny, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    status = json.loads(next(runs.glob("single/*/status.json")).read_text())  # the phase it died in
     done = CliRunner().invoke(app, ["status", "single", "--runs-dir", str(runs)], terminal_width=300)
     assert done.exit_code == 0, done.output
     assert "stale=1" in done.stdout and f"stale:{status['phase']}" in done.stdout
