@@ -78,7 +78,7 @@ def corrupted(problems, task, cfg, seed) -> list[dict]:
 
 
 def catalyst_rows(name: str, pool: list[Problem], task: Task, cfg: RegimeConfig, n: int, seed: int) -> list[dict]:
-    """The regime applied to a seeded sample of n problems from the catalyst pool (n <= its size:
-    `config.check_sizes` refuses more before any compute)."""
-    sample = random.Random(seed).sample(pool, n)
+    """The regime applied to a seeded sample of n problems from the catalyst pool. A cell never asks
+    for more than the pool holds (`config.check_sizes` refuses it); regime `none` uses no row."""
+    sample = random.Random(seed).sample(pool, min(n, len(pool)))
     return REGIMES.get(name)(sample, task, cfg, seed)
