@@ -35,6 +35,7 @@ from catalyst_ttt.training import (
     self_train,
     set_threads,
     sft,
+    sft_max_length,
 )
 
 
@@ -147,7 +148,7 @@ def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind
             batch_size=batch_size,
             lr=lr,
             seed=seed,
-            max_length=_max_length(cfg, task),
+            max_length=sft_max_length(cfg),
         )
         save_checkpoint(model, tokenizer, directory)
 
@@ -244,7 +245,3 @@ def ig_calibration(cfg, task, problems, reader, tokenizer) -> dict:
 
 def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
-
-
-def _max_length(cfg: DictConfig, task: Task) -> int:
-    return cfg.model.max_positions if cfg.model.kind == "tiny" else 1024

@@ -298,6 +298,11 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def sft_max_length(cfg: CellConfig) -> int:
+    """Catalyst and self-SFT sequence budget: the tiny model's positions, or 1024 for a HF model."""
+    return cfg.model.max_positions if cfg.model.kind == "tiny" else 1024
+
+
 def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig, hook: StepHook, tracker) -> int:
     """self_sft: rounds of sample -> keep the completions that agree with their majority -> SFT on them.
     Returns the number of SFT steps taken."""
@@ -325,7 +330,7 @@ def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig
                 batch_size=cfg.ttt.prompts_per_step * cfg.ttt.num_generations,
                 lr=cfg.ttt.lr,
                 seed=cfg.seed + round_index,
-                max_length=cfg.model.max_positions if cfg.model.kind == "tiny" else 1024,
+                max_length=sft_max_length(cfg),
                 schedule="constant",
                 callbacks=[hook],
             )
