@@ -180,7 +180,6 @@ def cell_dirs(runs_dir: str | Path, sweep: str) -> list[CellDir]:
     return [CellDir(runs_dir, sweep, p.parent.name) for p in sorted(root.glob(f"*/{CONFIG}"))]
 
 
-
 @dataclass
 class Store:
     results: list[dict]
