@@ -316,7 +316,14 @@ def test_gsm8k_end_to_end_with_a_local_hf_model(tiny, tmp_path, local_hf_model):
     ]
     result = run(
         smoke
-        + [f"task.path={path}", "task.n_id=6", "task.n_heldout=6", "task.n_train=10", "catalyst.n=10", "task.max_completion_chars=60"]
+        + [
+            f"task.path={path}",
+            "task.n_id=6",
+            "task.n_heldout=6",
+            "task.n_train=10",
+            "catalyst.n=10",
+            "task.max_completion_chars=60",
+        ]
     )
     assert result["status"] == "done", result.get("error")
     assert result["phases"] == {"base": "pretrained", "catalyst": "trained", "reader": "trained"}

@@ -230,7 +230,14 @@ def test_verifier_on_gsm8k_is_refused_up_front(gsm8k):
     _, path = gsm8k
     with pytest.raises(UserError, match="signal verifier needs a full step verifier.*tasks with one: alchemy, arith"):
         compose_cell(["task=gsm8k", f"task.path={path}", "signal=verifier"])
-    sizes = ["task.n_id=4", "task.n_heldout=2", "task.n_train=1", "task.n_reader=1", "catalyst.n=1", "ttt.prompts_per_step=2"]
+    sizes = [
+        "task.n_id=4",
+        "task.n_heldout=2",
+        "task.n_train=1",
+        "task.n_reader=1",
+        "catalyst.n=1",
+        "ttt.prompts_per_step=2",
+    ]
     compose_cell(["task=gsm8k", f"task.path={path}", "signal=process", *sizes])  # the local check serves gsm8k
 
 
