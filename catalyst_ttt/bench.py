@@ -1,60 +1,269 @@
-"""`make bench`: the harness's training overhead against bare TRL, phase-cache reuse, and sweep
-throughput with one and two parallel jobs. Prints the figures the README records."""
+"""`make bench`: where a cell's time goes, what the harness costs over bare TRL, and what a second
+job buys. Prints the tables the README records; every figure is the best of two runs.
+
+Sections (all by default; `python -m catalyst_ttt.bench SECTION...` runs some):
+
+* `base`: the testbed's base pretraining (default config), alone, with its training throughput.
+* `cell`: one cell of the default study (regime correct, signal majority) over that base, phase
+  by phase: the catalyst and the IG reader built once, then a cell whose checkpoints are cached
+  (what most cells of a sweep cost); generation throughput, greedy and sampled.
+* `overhead`: one small cell's training phases (`sweeps/bench.yaml`, trajectory off) against the
+  same trainings written directly against TRL, phase by phase.
+* `jobs`: the bench sweep with `--jobs 1` and `--jobs 2` over cached checkpoints, with the mean
+  per-cell phase profile of each.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from statistics import mean
 
 from catalyst_ttt.sweep import load_sweep
 
 BENCH = "bench"
+DEFAULT = "default"
+RUNS = 2  # every figure is the best of this many runs
+CELL_PHASES = ("pre_ttt", "ttt", "eval", "ig")  # what a cell with cached checkpoints spends its time on
 
 
-def _cell_overrides(runs: Path, cache: Path) -> list[str]:
-    """One cell of the bench sweep, trajectory evaluation off."""
-    fixed = [o for o in load_sweep(BENCH, []).fixed if not o.startswith("sweep=")]
-    return [
-        *fixed,
-        "regime=correct",
-        "signal=majority",
-        "seed=0",
-        "eval.trajectory=false",
-        f"runs_dir={runs}",
-        f"cache_dir={cache}",
-    ]
+def sweep_overrides(sweep: str, *extra: str) -> list[str]:
+    fixed = [o for o in load_sweep(sweep, []).fixed if not o.startswith("sweep=")]
+    return [*fixed, *extra]
 
 
-def harness_training_seconds(scratch: Path, tag: str) -> float:
+def run(overrides: list[str]) -> dict:
     from catalyst_ttt.config import compose_cell
     from catalyst_ttt.pipeline import run_cell
 
-    result = run_cell(compose_cell(_cell_overrides(scratch / f"runs-{tag}", scratch / f"cache-{tag}")))
-    assert result["status"] == "done", result.get("error")
-    return sum(result["timing"][f"{phase}_s"] for phase in ("base", "catalyst", "ttt"))
+    result = run_cell(compose_cell(overrides))
+    if result["status"] != "done":
+        raise SystemExit(f"bench cell {result['status']}: {result.get('error')}")
+    return result
 
 
-def bare_trl_seconds() -> float:
+def table(title: str, header: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = [f"\n{title}\n", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- base ----------------------------------------------------------------------------------
+
+
+def base_section(scratch: Path) -> Path:
+    """Train the default base RUNS times from scratch; returns a cache holding it for `cell`."""
+    from catalyst_ttt.config import build_task, compose_cell
+    from catalyst_ttt.models import char_tokenizer
+    from catalyst_ttt.pipeline import base_checkpoint
+
+    seconds = []
+    for attempt in range(RUNS):
+        cache = scratch / f"base-cache-{attempt}"
+        cfg = compose_cell(["threads=1", f"cache_dir={cache}", f"runs_dir={scratch / 'base-runs'}"])
+        started = time.perf_counter()
+        base_checkpoint(cfg, build_task(cfg), "bench")
+        seconds.append(time.perf_counter() - started)
+    lengths = [len(ids) for ids in char_tokenizer()(build_task(cfg).base_corpus())["input_ids"]]
+    tokens_per_second = cfg.base.steps * cfg.base.batch_size * mean(lengths) / min(seconds)
+    row = (
+        cfg.base.steps,
+        cfg.base.batch_size,
+        f"{min(seconds):.1f}",
+        ", ".join(f"{s:.1f}" for s in seconds),
+        f"{cfg.base.steps / min(seconds):.2f}",
+        f"{tokens_per_second:,.0f}",
+    )
+    header = ("steps", "batch", "seconds (best)", "runs", "steps/s", "tokens/s (no padding)")
+    print(table("Base pretraining (default testbed, threads=1)", header, [row]))
+    return cache
+
+
+# -- cell ----------------------------------------------------------------------------------
+
+
+def cell_section(scratch: Path, cache: Path) -> None:
+    """Default-study cell phases: builds once, then a cached cell (best of RUNS per phase)."""
+    cell = ("regime=correct", "signal=majority", "seed=0", "base.seed=0", "threads=1", "wandb.mode=disabled")
+    common = sweep_overrides(DEFAULT, *cell, f"cache_dir={cache}")
+    first = run([*common, f"runs_dir={scratch / 'cell-runs-0'}"])
+    cached = [run([*common, f"runs_dir={scratch / f'cell-runs-{i}'}"]) for i in range(1, RUNS + 1)]
+    timing = {key: min(r["timing"][key] for r in cached) for key in cached[0]["timing"]}
+    total = sum(timing[f"{phase}_s"] for phase in CELL_PHASES)
+    rows = [
+        ("catalyst (built once per regime, seed and base)", f"{first['timing']['catalyst_s']:.1f}", ""),
+        ("IG reader + calibration (built once per base)", f"{first['timing']['ig_s']:.1f}", ""),
+        (
+            "pre-TTT accuracy (start and base, greedy id)",
+            f"{timing['pre_ttt_s']:.1f}",
+            _share(timing["pre_ttt_s"], total),
+        ),
+        (
+            "TTT training",
+            f"{timing['ttt_s'] - timing['trajectory_s']:.1f}",
+            _share(timing["ttt_s"] - timing["trajectory_s"], total),
+        ),
+        ("TTT trajectory evaluation", f"{timing['trajectory_s']:.1f}", _share(timing["trajectory_s"], total)),
+        ("eval (every split: greedy + samples)", f"{timing['eval_s']:.1f}", _share(timing["eval_s"], total)),
+        ("IG (reader loaded, calibration cached)", f"{timing['ig_s']:.1f}", _share(timing["ig_s"], total)),
+        ("cell with cached checkpoints", f"{total:.1f}", "100%"),
+    ]
+    print(table("One default-study cell (correct x majority, threads=1)", ("phase", "seconds", "share"), rows))
+    print(
+        f"trajectory = {timing['trajectory_s'] / timing['ttt_s']:.0%} of TTT; eval + IG = "
+        f"{(timing['eval_s'] + timing['ig_s']) / total:.0%} of the cached cell"
+    )
+    generation_section(common)
+    ttt_batch_section(common)
+
+
+def generation_section(overrides: list[str]) -> None:
+    """Generated tokens per second on every eval split, greedy and with the eval's samples."""
+    import torch
+
+    from catalyst_ttt.config import build_task, compose_cell
+    from catalyst_ttt.evaluation import generate
+    from catalyst_ttt.models import with_chat_template
+
+    cfg = compose_cell(overrides)
+    task = build_task(cfg)
+    torch.set_num_threads(1)
+    model, tokenizer = catalyst_model(cfg)
+    prompts = [
+        p.prompt
+        for name, items in with_chat_template(task.splits(), tokenizer).items()
+        if name in ("id", "heldout")
+        for p in items
+    ]
+    rows = []
+    for label, samples in (("greedy", 0), (f"{cfg.eval.samples} samples", cfg.eval.samples)):
+        best, tokens = float("inf"), 0
+        for _ in range(RUNS):
+            started = time.perf_counter()
+            out = generate(
+                model, tokenizer, prompts, task.max_completion_chars, samples=samples, batch_size=cfg.eval.batch_size
+            )
+            best = min(best, time.perf_counter() - started)
+            tokens = sum(len(tokenizer(text)["input_ids"]) + 1 for group in out for text in group)  # + EOS
+        rows.append((label, len(prompts), f"{best:.2f}", f"{tokens / best:,.0f}"))
+    print(
+        table(
+            "Generation (id + heldout prompts, the cell's catalyst checkpoint, eval batch size)",
+            ("mode", "prompts", "seconds", "tokens/s"),
+            rows,
+        )
+    )
+
+
+def ttt_batch_section(overrides: list[str]) -> None:
+    """GRPO seconds per step and per epoch over id as `ttt.prompts_per_step` grows (majority, the
+    cell's catalyst checkpoint): does a larger step buy epochs almost for free?"""
+    import torch
+
+    from catalyst_ttt.config import build_task, compose_cell
+    from catalyst_ttt.models import with_chat_template
+    from catalyst_ttt.signals import SIGNALS
+    from catalyst_ttt.training import grpo, make_reward_function
+
+    steps, rows = 4, []
+    torch.set_num_threads(1)
+    for prompts_per_step in (4, 8, 16, 32, 64):
+        cfg = compose_cell([*overrides, f"ttt.prompts_per_step={prompts_per_step}", f"ttt.steps={steps}"])
+        task = build_task(cfg)
+        best = float("inf")
+        for _ in range(RUNS):
+            model, tokenizer = catalyst_model(cfg)
+            problems = with_chat_template(task.splits(), tokenizer)["id"]
+            by_prompt = {p.prompt: p for p in problems}
+            reward = make_reward_function(SIGNALS.get("majority"), cfg, task, by_prompt, model, tokenizer)
+            started = time.perf_counter()
+            grpo(model, tokenizer, list(by_prompt), reward, cfg, task.max_completion_chars, [])
+            best = min(best, time.perf_counter() - started)
+        per_step = best / steps
+        completions = prompts_per_step * cfg.ttt.num_generations
+        rows.append(
+            (prompts_per_step, completions, f"{per_step:.2f}", f"{per_step * len(problems) / prompts_per_step:.1f}")
+        )
+    header = ("prompts/step", "completions/step", "s/step", "s per epoch over id")
+    print(table(f"GRPO step size ({steps} steps, majority, num_generations from the default study)", header, rows))
+
+
+def catalyst_model(cfg):
+    """The one catalyst checkpoint in `cfg.cache_dir` (the `cell` section's)."""
+    from catalyst_ttt.cache import cached_keys
+    from catalyst_ttt.models import load_pretrained
+
+    (key,) = cached_keys(cfg.cache_dir, "catalyst")
+    return load_pretrained(str(Path(cfg.cache_dir) / "catalyst" / key), cfg.model)
+
+
+def _share(part: float, total: float) -> str:
+    return f"{part / total:.0%}"
+
+
+# -- overhead ------------------------------------------------------------------------------
+
+TRAINING_PHASES = ("base", "catalyst", "ttt")
+
+
+def overhead_section(scratch: Path) -> None:
+    """Per training phase: the harness (trajectory off) against bare TRL, best of RUNS each."""
+    harness, bare = [], []
+    for attempt in range(RUNS):
+        bare.append(bare_trl_seconds())
+        cell = ("regime=correct", "signal=majority", "seed=0", "eval.trajectory=false", "threads=1")
+        dirs = (
+            f"runs_dir={scratch / f'overhead-runs-{attempt}'}",
+            f"cache_dir={scratch / f'overhead-cache-{attempt}'}",
+        )
+        timing = run(sweep_overrides(BENCH, *cell, *dirs))["timing"]
+        harness.append(
+            {
+                "base": timing["base_s"],
+                "catalyst": timing["catalyst_s"],
+                "ttt": timing["ttt_s"] - timing["trajectory_s"],
+            }
+        )
+    rows = []
+    for phase in (*TRAINING_PHASES, "all"):
+        h, b = (min(_phase_seconds(r, phase) for r in runs) for runs in (harness, bare))
+        rows.append((phase, f"{h:.2f}", f"{b:.2f}", f"{h / b:.3f}"))
+    print(
+        table(
+            f"Harness vs bare TRL, one `{BENCH}` cell's training phases (trajectory off, threads=1)",
+            ("phase", "harness s", "bare TRL s", "ratio"),
+            rows,
+        )
+    )
+
+
+def _phase_seconds(run: dict[str, float], phase: str) -> float:
+    return sum(run.values()) if phase == "all" else run[phase]
+
+
+def bare_trl_seconds() -> dict[str, float]:
     """The same three trainings written directly against TRL: no cache, no store, no tracking."""
     import random
 
+    import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-    from catalyst_ttt.config import compose_cell, typed_task_config
-    from catalyst_ttt.models import char_tokenizer, new_tiny_model
-    from catalyst_ttt.tasks import TASKS
+    from catalyst_ttt.config import build_task, compose_cell
+    from catalyst_ttt.models import char_tokenizer, new_tiny_model, with_chat_template
 
-    cfg = compose_cell(_cell_overrides(Path("unused"), Path("unused")))
-    task = TASKS.get("alchemy")(typed_task_config(cfg))
-    splits = task.splits()
+    torch.set_num_threads(1)
+    cfg = compose_cell(sweep_overrides(BENCH, "regime=correct", "signal=majority", "seed=0"))
+    task = build_task(cfg)
     tokenizer = char_tokenizer()
-    started = time.perf_counter()
+    splits = with_chat_template(task.splits(), tokenizer)
+    seconds = {}
     model = new_tiny_model(cfg.model, tokenizer, cfg.base.seed)
     common = dict(
         use_cpu=True,
@@ -67,7 +276,8 @@ def bare_trl_seconds() -> float:
     )
     with tempfile.TemporaryDirectory() as out:
 
-        def sft_phase(dataset, steps, batch_size, lr, seed):
+        def sft_phase(name, dataset, steps, batch_size, lr, seed):
+            started = time.perf_counter()
             args = SFTConfig(
                 output_dir=out,
                 max_steps=steps,
@@ -76,17 +286,21 @@ def bare_trl_seconds() -> float:
                 lr_scheduler_type="cosine",
                 warmup_steps=steps // 10,
                 max_length=cfg.model.max_positions,
+                train_sampling_strategy="group_by_length",
                 seed=seed,
                 **common,
             )
             _train(SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args))
+            seconds[name] = time.perf_counter() - started
 
         base = cfg.base
-        sft_phase(Dataset.from_dict({"text": task.base_corpus()}), base.steps, base.batch_size, base.lr, base.seed)
+        sft_phase(
+            "base", Dataset.from_dict({"text": task.base_corpus()}), base.steps, base.batch_size, base.lr, base.seed
+        )
         sample = random.Random(cfg.seed).sample(splits["train"], cfg.catalyst.n)
         rows = [{"prompt": p.prompt, "completion": task.render(p.steps, p.answer)} for p in sample]
         catalyst = cfg.catalyst
-        sft_phase(Dataset.from_list(rows), catalyst.steps, catalyst.batch_size, catalyst.lr, cfg.seed)
+        sft_phase("catalyst", Dataset.from_list(rows), catalyst.steps, catalyst.batch_size, catalyst.lr, cfg.seed)
 
         def majority(prompts, completions, **_):
             answers = [task.parse(c).answer for c in completions]
@@ -98,6 +312,7 @@ def bare_trl_seconds() -> float:
                 rewards += [float(bool(top) and a == top[0][0]) for a in group]
             return rewards
 
+        started = time.perf_counter()
         _train(
             GRPOTrainer(
                 model=model,
@@ -121,7 +336,8 @@ def bare_trl_seconds() -> float:
                 ),
             )
         )
-    return time.perf_counter() - started
+        seconds["ttt"] = time.perf_counter() - started
+    return seconds
 
 
 def _train(trainer) -> None:
@@ -131,8 +347,46 @@ def _train(trainer) -> None:
     trainer.train()
 
 
-def sweep_figures(scratch: Path, jobs: int) -> dict:
-    runs, cache = scratch / f"sweep-runs-{jobs}", scratch / f"sweep-cache-{jobs}"
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def jobs_section(scratch: Path) -> None:
+    """The bench sweep over a warm cache with 1 and 2 jobs (best of RUNS each), and the per-cell profile."""
+    cache = scratch / "jobs-cache"
+    warm = sweep(scratch / "jobs-warm", cache, 2)
+    figures = {
+        jobs: min((sweep(scratch / f"jobs-{jobs}-{i}", cache, jobs) for i in range(RUNS)), key=lambda f: f["seconds"])
+        for jobs in (1, 2)
+    }
+    print(
+        f"\nwarm-up sweep trained {warm['trainings']['base']} base and "
+        f"{warm['trainings']['catalyst']} catalyst models; "
+        f"the timed sweeps trained {sum(f['trainings'].get('catalyst', 0) for f in figures.values())} more"
+    )
+    phases = sorted({k for f in figures.values() for k in f["profile"]})
+    rows = [
+        (
+            f"--jobs {jobs}",
+            f["cells"],
+            f"{f['seconds']:.1f}",
+            f"{60 * f['cells'] / f['seconds']:.2f}",
+            *(f"{f['profile'][p]:.2f}" for p in phases),
+        )
+        for jobs, f in figures.items()
+    ]
+    print(
+        table(
+            f"Sweep `{BENCH}` over cached checkpoints (per-cell mean seconds by phase)",
+            ("jobs", "cells", "seconds", "cells/min", *phases),
+            rows,
+        )
+    )
+    print(f"speed-up of --jobs 2 over --jobs 1: {figures[1]['seconds'] / figures[2]['seconds']:.2f}x")
+
+
+def sweep(runs: Path, cache: Path, jobs: int) -> dict:
+    log = cache / "trainings.jsonl"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
     started = time.perf_counter()
     done = subprocess.run(
         [
@@ -151,44 +405,46 @@ def sweep_figures(scratch: Path, jobs: int) -> dict:
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"bench sweep failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    trainings = Counter(json.loads(line)["kind"] for line in (cache / "trainings.jsonl").read_text().splitlines())
-    cells = len(list(runs.glob(f"{BENCH}/*/result.json")))
-    return {
-        "jobs": jobs,
-        "cells": cells,
-        "seconds": seconds,
-        "cells_per_min": 60 * cells / seconds,
-        "base_trainings": trainings["base"],
-        "catalyst_trainings": trainings["catalyst"],
-    }
+    trainings = Counter(json.loads(line)["kind"] for line in log.read_text().splitlines()[before:])
+    results = [json.loads(p.read_text()) for p in runs.glob(f"{BENCH}/*/result.json")]
+    keys = {k for r in results for k in r["timing"]}
+    profile = {k.removesuffix("_s"): mean(r["timing"].get(k, 0.0) for r in results) for k in keys}
+    return {"cells": len(results), "seconds": seconds, "trainings": trainings, "profile": profile}
 
 
-def main() -> None:
+SECTIONS = ("base", "cell", "overhead", "jobs")
+
+
+def main(argv: list[str]) -> None:
     from catalyst_ttt.cli import _quiet_libraries
 
+    chosen = argv or list(SECTIONS)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown bench section {unknown[0]!r}; valid: {', '.join(SECTIONS)}")
     _quiet_libraries()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        bare = [bare_trl_seconds(), bare_trl_seconds()]
-        harness = [harness_training_seconds(scratch, "a"), harness_training_seconds(scratch, "b")]
-        ratio = min(harness) / min(bare)
-        print(
-            f"(a) one cell's training phases (base+catalyst+ttt, trajectory eval off): harness {min(harness):.1f} s, "
-            f"bare TRL {min(bare):.1f} s, overhead ratio {ratio:.3f} (runs: harness {harness}, bare {bare})"
-        )
-        sweeps = [sweep_figures(scratch, jobs) for jobs in (1, 2)]
-        seq = sweeps[0]
-        regimes_with_catalyst, seeds = 1, 2
-        print(
-            f"(b) sweep `{BENCH}` of {seq['cells']} cells trained {seq['base_trainings']} base and "
-            f"{seq['catalyst_trainings']} catalyst models (expected 1 and {regimes_with_catalyst * seeds})"
-        )
-        for figures in sweeps:
-            print(
-                f"(c) --jobs {figures['jobs']}: {figures['cells']} cells in {figures['seconds']:.1f} s "
-                f"= {figures['cells_per_min']:.2f} cells/min"
-            )
+        cache = scratch / "cell-cache"
+        if "base" in chosen:
+            cache = base_section(scratch)
+        if "cell" in chosen:
+            cell_section(scratch, cache)
+        if "overhead" in chosen:
+            overhead_section(scratch)
+        if "jobs" in chosen:
+            jobs_section(scratch)
+
+
+def cpu_model() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -100,8 +100,11 @@ class EvalConfig:
     k: int = 4  # mean@k, maj@k, pass@k
     samples: int = 8  # n samples per prompt (n > k) behind the unbiased pass@k and maj@k estimates
     temperature: float = 1.0
-    batch_size: int = 512
+    batch_size: int = 128  # sequences per generate call: larger batches wait longer on their slowest row
     max_per_split: int | None = None  # None: every item of every split
+    # Greedy accuracy covers every split; mean/maj/pass@k and agreement are sampled on these only
+    # (stability reads id's samples; each sampled split costs `samples` generations per item).
+    sampled_splits: list[str] = field(default_factory=lambda: ["id"])
     trajectory_size: int = 32  # items of id and of heldout evaluated every eval_every steps
     trajectory: bool = True
 
@@ -265,6 +268,17 @@ def validate(cfg: DictConfig) -> None:
     if cfg.ttt.num_generations < 2 and cfg.signal.name != "none":
         raise UserError(f"ttt.num_generations={cfg.ttt.num_generations} is not valid; GRPO groups need >= 2")
     check_sizes(cfg, task)
+    check_sampled_splits(cfg.eval.sampled_splits, task)
+
+
+def check_sampled_splits(names, task) -> None:
+    from catalyst_ttt.tasks.base import TRAINING_SPLITS
+
+    valid = [name for name in task.splits() if name not in TRAINING_SPLITS]
+    unknown = [name for name in names if name not in valid]
+    if unknown or "id" not in names:
+        what = f"has {unknown[0]!r}, not an eval split" if unknown else "must include id (stability reads its samples)"
+        raise UserError(f"eval.sampled_splits {what}; valid: {', '.join(valid)}")
 
 
 # key -> (lowest, highest, lowest allowed itself); every value must also be finite.

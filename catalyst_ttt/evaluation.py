@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,7 @@ class SplitResult:
     metrics: dict[str, float]
     correct: list[int]  # greedy correctness per item (0/1), in split order: pairs across cells and steps
     examples: list[dict]
+    completions: list[str]  # the greedy completion of every item, in split order
 
 
 def evaluate_split(
@@ -102,7 +104,8 @@ def evaluate_split(
         rows.append(row)
     metrics = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]} if rows else {}
     examples = [{"prompt": p.prompt, "completion": g, "gold": p.answer} for p, g in zip(problems[:8], greedy)]
-    return SplitResult(metrics=metrics, correct=[int(r["acc/greedy"]) for r in rows], examples=examples)
+    correct = [int(r["acc/greedy"]) for r in rows]
+    return SplitResult(metrics=metrics, correct=correct, examples=examples, completions=greedy)
 
 
 def sample_metrics(task: Task, answers: list[str | None], gold: str, k: int) -> dict[str, float]:
@@ -130,10 +133,12 @@ class Trajectory:
         self.subsets = {name: splits[name][: cfg.trajectory_size] for name in self.SPLITS}
         self.tracker, self.store = tracker, store
         self.rows: list[dict] = []
+        self.seconds = 0.0  # spent evaluating, for the cell's timing
 
     def record(self, step: int, model) -> None:
         if self.rows and self.rows[-1]["step"] == step:
             return
+        started = time.perf_counter()
         row: dict = {"step": step}
         for name, problems in self.subsets.items():
             res = evaluate_split(self.task, problems, model, self.tokenizer, self.cfg, self.seed, sampled=False)
@@ -143,6 +148,7 @@ class Trajectory:
                 "correct": res.correct,
             }
         self.rows.append(row)
+        self.seconds += time.perf_counter() - started
         self.store.write(TRAJECTORY, self.rows)
         self.tracker.log_step(
             step, {f"traj/{name}/{key}": row[name][key] for name in self.subsets for key in ("acc", "step_validity")}

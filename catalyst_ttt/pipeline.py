@@ -6,15 +6,17 @@ checkpoints come from the phase cache, so cells of a sweep share them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.config import build_task, task_key
-from catalyst_ttt.evaluation import Trajectory, evaluate_split, generate
+from catalyst_ttt.config import build_task, config_hash, task_key
+from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.models import (
     char_tokenizer,
@@ -26,6 +28,7 @@ from catalyst_ttt.models import (
 )
 from catalyst_ttt.record import CellRecord
 from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, catalyst_rows
+from catalyst_ttt.results import read_json, write_json
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tasks.base import TRAINING_SPLITS, Problem, Task
 from catalyst_ttt.training import (
@@ -56,29 +59,35 @@ def run_cell(cfg: DictConfig) -> dict:
         with record.phase("catalyst"):
             start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, splits, base_ref, record.name)
         model, tokenizer = load_pretrained(start_ref, cfg.model)
-        result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
+        with record.phase("pre_ttt"):
+            result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
-        trajectory.record(0, model)
         with record.phase("ttt"):
+            trajectory.record(0, model)
             last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker)
+            trajectory.record(last_step, model)
         result["ttt"] = tracker.means(("ttt/", "ttrl/"))  # TTT diagnostics, averaged over logged steps
-        trajectory.record(last_step, model)
+        result["timing"]["trajectory_s"] = trajectory.seconds  # part of ttt_s
         # 4. eval: every split, information gain under the reader, stability over the trajectory
         with record.phase("eval"):
             evaluated = evaluate_splits(cfg, task, splits, model, tokenizer)
+        with record.phase("ig"):
             reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"])
-            result["ig"] = cell_information_gain(cfg, task, splits["id"], model, reader, tokenizer)
+            result["ig"] = cell_information_gain(cfg, task, splits["id"], evaluated["id"], reader, tokenizer)
             result["ig_calibration"] = ig_calibration(cfg, task, splits["heldout"], reader, tokenizer)
         record.add_evaluation(evaluated, trajectory)
     return record.result
 
 
 def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]], model, tokenizer) -> dict:
-    """Every split but the training pools, each cut to `eval.max_per_split` (None: every item)."""
+    """Every split but the training pools, each cut to `eval.max_per_split` (None: every item); samples
+    on `eval.sampled_splits`."""
     return {
-        name: evaluate_split(task, items[: cfg.eval.max_per_split], model, tokenizer, cfg.eval, cfg.seed)
+        name: evaluate_split(
+            task, items[: cfg.eval.max_per_split], model, tokenizer, cfg.eval, cfg.seed, name in cfg.eval.sampled_splits
+        )
         for name, items in splits.items()
         if name not in TRAINING_SPLITS
     }
@@ -197,7 +206,15 @@ def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, 
     return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
 
 
-def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict):
+@dataclass
+class Reader:
+    """The fixed scorer of information gain, and its cache directory (None for a given scorer)."""
+
+    model: Any
+    directory: Path | None
+
+
+def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict) -> Reader | None:
     """The fixed scorer of information gain: the base fine-tuned once on correct traces of the
     `reader` pool (disjoint from every catalyst row and evaluated item), or `metrics.ig.scorer`."""
     ig = cfg.metrics.ig
@@ -205,33 +222,40 @@ def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: s
         return None
     if ig.scorer:
         phases["reader"] = "given"
-        return load_pretrained(ig.scorer, cfg.model)[0]
+        return Reader(load_pretrained(ig.scorer, cfg.model)[0], None)
     rows = REGIMES.get("correct")(splits["reader"], task, cfg.regime, 0)
     schedule = (ig.reader_steps, ig.reader_batch_size, ig.reader_lr, 0)
     key = {"base": base_name(cfg, base_ref), "task": task_key(cfg), "reader": list(schedule)}
     path, built = fine_tuned(cfg, task, base_ref, rows, schedule, "reader", key, owner)
     phases["reader"] = "trained" if built else "cached"
-    return load_pretrained(path, cfg.model)[0]
+    return Reader(load_pretrained(path, cfg.model)[0], Path(path))
 
 
-def cell_information_gain(cfg, task, problems, model, reader, tokenizer) -> dict:
-    """IG of the cell's own greedy traces on id, with the gold answer, under the reader."""
+def cell_information_gain(cfg, task, problems, final: SplitResult, reader: Reader | None, tokenizer) -> dict:
+    """IG of the cell's own greedy traces on id (the final eval's completions), with the gold answer,
+    under the reader."""
     if reader is None:
         return {}
-    problems = problems[: cfg.metrics.ig.max_items]
-    prompts = [p.prompt for p in problems]
-    completions = [
-        g[0] for g in generate(model, tokenizer, prompts, task.max_completion_chars, batch_size=cfg.eval.batch_size)
-    ]
+    count = cfg.metrics.ig.max_items
+    problems, completions = problems[:count], final.completions[:count]
     traces = [task.parse(c).steps for c in completions]
-    return information_gain(task, reader, tokenizer, prompts, traces, [p.answer for p in problems])
+    answers = [p.answer for p in problems]
+    return information_gain(task, reader.model, tokenizer, [p.prompt for p in problems], traces, answers)
 
 
-def ig_calibration(cfg, task, problems, reader, tokenizer) -> dict:
+def ig_calibration(cfg, task, problems, reader: Reader | None, tokenizer) -> dict:
     """ig/total under the reader of gold, swapped, illogical and corrupted traces of `heldout` items:
-    IG is interpretable when gold > 0 and gold > every corruption (report.IGCalibration)."""
+    IG is interpretable when gold > 0 and gold > every corruption (report.IGCalibration).
+
+    It depends on the reader and the regimes' options only, so a cached reader keeps it beside its
+    weights and every cell of that reader reads it back."""
     if reader is None:
         return {}
+    options = {k: v for k, v in _plain(cfg.regime).items() if k != "name"}
+    filename = f"calibration-{config_hash([options, cfg.metrics.ig.max_items])}.json"
+    saved = reader.directory / filename if reader.directory is not None else None
+    if saved is not None and (known := read_json(saved)) is not None:
+        return known
     problems = problems[: cfg.metrics.ig.max_items]
     prompts, answers = [p.prompt for p in problems], [p.answer for p in problems]
     out = {}
@@ -239,7 +263,9 @@ def ig_calibration(cfg, task, problems, reader, tokenizer) -> dict:
         if name in REGIMES:
             rows = REGIMES.get(name)(problems, task, cfg.regime, 0)
             traces = [task.parse(row["completion"]).steps for row in rows]
-            out[name] = information_gain(task, reader, tokenizer, prompts, traces, answers)["ig/total"]
+            out[name] = information_gain(task, reader.model, tokenizer, prompts, traces, answers)["ig/total"]
+    if saved is not None:
+        write_json(saved, out)
     return out
 
 

@@ -63,6 +63,7 @@ class CellRecord:
         uses_labels = signal.uses_labels(cfg.signal)
         config = OmegaConf.to_container(cfg, resolve=True)
         self.store.start(OmegaConf.to_yaml(cfg))
+        self.started = time.perf_counter()
         self.result = {
             "cell": self.name,
             "sweep": cfg.sweep,
@@ -124,7 +125,7 @@ class CellRecord:
 
     def _close(self) -> None:
         result, tracker = self.result, self.tracker
-        result["timing"]["total_s"] = sum(result["timing"].values())
+        result["timing"]["total_s"] = time.perf_counter() - self.started
         examples = result.pop("examples", {})
         if examples:
             self.store.write(SAMPLES, examples)

@@ -55,6 +55,8 @@ OVERRIDES = [
     (["run", "task.seed=-5"], "task.seed=-5 is not valid"),
     (["run", "eval.k=0"], "eval.k=0 is not valid; it must be >= 1"),
     (["run", "eval.max_per_split=0"], "eval.max_per_split=0 is not valid"),
+    (["run", "eval.sampled_splits=[id,train]"], "eval.sampled_splits has 'train', not an eval split; valid: id, heldout"),
+    (["run", "eval.sampled_splits=[heldout]"], "eval.sampled_splits must include id (stability reads its samples)"),
     (["run", "catalyst.n=0"], "catalyst.n=0 is not valid"),
     (["run", "catalyst.n=2001"], "catalyst.n=2001 is more than the 2000 problems of the catalyst pool"),
     (["run", "ttt.prompts_per_step=0"], "ttt.prompts_per_step=0 is not valid"),

@@ -15,9 +15,10 @@ def test_cell_runs_every_phase_and_writes_results(tiny):
     assert on_disk["metrics"] == result["metrics"]
     splits = {"id", "heldout", "shift_compose", "shift_length", "shift_steps", "shift_format"}
     assert set(on_disk["metrics"]) == splits
-    for metrics in on_disk["metrics"].values():
-        assert {"acc/greedy", "acc/mean@4", "acc/maj@4", "acc/pass@4"} <= set(metrics)
-        assert metrics["acc/pass@4"] >= metrics["acc/mean@4"] - 1e-9
+    sampled = {"acc/mean@4", "acc/maj@4", "acc/pass@4"}
+    assert sampled <= set(on_disk["metrics"]["id"])  # eval.sampled_splits defaults to [id]
+    for split, metrics in on_disk["metrics"].items():
+        assert "acc/greedy" in metrics and (split == "id" or not sampled & set(metrics))
     assert (cell / "config.yaml").exists() and (cell / "trajectory.json").exists()
     assert on_disk["phases"]["catalyst"] in ("trained", "cached")
     assert not list(cell.glob(".*.tmp"))
@@ -35,7 +36,7 @@ def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
     assert offline.series("ttt/step")
     for split, metrics in result["metrics"].items():
         assert offline.summary[f"{split}/acc/greedy"] == metrics["acc/greedy"]
-        assert offline.summary[f"{split}/acc/maj@4"] == metrics["acc/maj@4"]
+    assert offline.summary["id/acc/maj@4"] == result["metrics"]["id"]["acc/maj@4"]
     for key in (
         "ig/total",
         "ig/per_step",
