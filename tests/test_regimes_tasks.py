@@ -14,6 +14,7 @@ from catalyst_ttt.regimes import REGIMES, catalyst_rows
 from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig
 from catalyst_ttt.tasks.alchemy import true_fact as alchemy_true_fact
 from catalyst_ttt.tasks.arith import Arith, ArithConfig, column_steps
+from catalyst_ttt.tasks.arith import parse_step as arith_parse_step
 from catalyst_ttt.tasks.arith import true_fact as arith_true_fact
 from catalyst_ttt.tasks.gsm8k import ANNOTATION, GSM8K, GSM8KConfig, UnsafeExpression, annotation_valid, safe_eval
 from helpers.cells import run
@@ -120,6 +121,8 @@ def test_arith_illogical_and_corrupted_on_any_sum(tasks, a, b, seed):
     corrupted = task.corrupted_steps(problem, random.Random(seed))
     assert [_plan("arith", s) for s in corrupted] == [_plan("arith", g) for g in problem.steps]
     assert not any(arith_true_fact(s) for s in corrupted)
+    stated = [arith_parse_step(s) for s in corrupted]  # the gold structure: each carry the previous sum's tens
+    assert [carry for _, _, carry, _ in stated] == [0] + [total // 10 for *_, total in stated[:-1]]
 
 
 def _true_fact(task, step: str) -> bool:
