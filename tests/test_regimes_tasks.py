@@ -306,6 +306,8 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
     assert result["status"] == "done", result.get("error")
     assert result["phases"]["catalyst"] in (("skipped",) if regime == "none" else ("trained", "cached"))
     assert set(result["metrics"]) >= {"id", "heldout"}
+    assert {"format/start", "trace/gold/gold_answer", "trace/donor/gold_answer"} <= set(result["probes"])
+    assert ("trace/donor/follows_trace" in result["probes"]) == (task_name != "gsm8k")  # gsm8k: no trace answer
 
 
 def test_gsm8k_end_to_end_with_a_local_hf_model(tiny, tmp_path, local_hf_model):
