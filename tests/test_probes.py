@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from catalyst_ttt.config import RegimeConfig
+from catalyst_ttt.config import compose_cell
 from catalyst_ttt.metrics.probes import (
     TRACE_KINDS,
+    catalyst_probes,
     format_rate,
     leading_answer,
     probe_traces,
@@ -99,7 +100,7 @@ def test_leading_answer():
 
 def test_probe_traces_are_gold_a_donors_and_corrupted():
     problems = SPLITS["id"]
-    gold, donor, corrupted = (probe_traces(TASK, problems, RegimeConfig(), kind) for kind in TRACE_KINDS)
+    gold, donor, corrupted = (probe_traces(TASK, problems, kind) for kind in TRACE_KINDS)
     assert gold == [p.steps for p in problems]
     assert all(d != p.steps and d in {q.steps for q in problems} for d, p in zip(donor, problems))
     assert all(len(c) == p.num_steps and c != p.steps for c, p in zip(corrupted, problems))
@@ -123,11 +124,11 @@ def _greedy_one(model, tokenizer, context: str, budget: int) -> str:
 def test_trace_dependence_recomputed_item_by_item(taught):
     model, tokenizer = taught
     problems = SPLITS["id"] + SPLITS["heldout"]
-    shares = trace_dependence(TASK, problems, RegimeConfig(), model, tokenizer, batch_size=5)
+    shares = trace_dependence(TASK, problems, model, tokenizer, batch_size=5)
     assert set(shares) == {f"trace/{k}/{s}" for k in TRACE_KINDS for s in ("gold_answer", "follows_trace")}
     for kind in TRACE_KINDS:
         follows, gold, kept = 0, 0, 0
-        for problem, trace in zip(problems, probe_traces(TASK, problems, RegimeConfig(), kind)):
+        for problem, trace in zip(problems, probe_traces(TASK, problems, kind)):
             led_to = TASK.trace_answer(trace)
             if kind != "gold" and led_to == problem.answer:
                 continue
@@ -164,3 +165,16 @@ def test_format_rate_and_skill_recomputed_item_by_item(taught):
         )
     assert skill_accuracy(TASK, probes, model, tokenizer, batch_size=7) == pytest.approx(hits / len(probes))
     assert hits > 0
+
+
+def test_probes_can_be_turned_off_and_otherwise_probe_the_id_items(taught, tmp_path):
+    model, tokenizer = taught
+    cfg = compose_cell([f"runs_dir={tmp_path}", f"cache_dir={tmp_path}", "eval.max_per_split=5"])
+    splits = {"id": SPLITS["id"]}
+    cfg.metrics.probes.enabled = False
+    assert catalyst_probes(cfg, TASK, splits, model, None, tokenizer) == {}
+    cfg.metrics.probes.enabled = True
+    cfg.regime.name = "none"  # the start is the base: no base to load
+    probes = catalyst_probes(cfg, TASK, splits, model, None, tokenizer)
+    assert probes["format/start"] == pytest.approx(format_rate(TASK, SPLITS["id"][:5], model, tokenizer, 8))
+    assert probes["skill/base"] == probes["skill/start"]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.evaluation import generate
 from catalyst_ttt.models import load_pretrained
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task
 
-# Trace kind -> the regime that writes it (None: the problem's own gold trace). Seed 0: every cell
-# is probed with the same traces, so cells compare.
+# Trace kind -> the regime that writes it (None: the problem's own gold trace). Default regime settings
+# and seed 0 whatever the cell's regime: every cell is probed with the same traces, so cells compare.
 TRACE_KINDS = {"gold": None, "donor": "swapped", "corrupted": "corrupted"}
 
 
@@ -39,7 +40,7 @@ def catalyst_probes(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
         base = model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model)[0]
         out["skill/base"] = skill_accuracy(task, atomic, base, tokenizer, batch_size)
         out["skill/start"] = skill_accuracy(task, atomic, model, tokenizer, batch_size)
-    return out | trace_dependence(task, problems, cfg.regime, model, tokenizer, batch_size)
+    return out | trace_dependence(task, problems, model, tokenizer, batch_size)
 
 
 def leading_answer(task: Task, text: str) -> str | None:
@@ -67,21 +68,22 @@ def format_rate(task: Task, problems: list[Problem], model, tokenizer, batch_siz
     return sum(ok) / len(ok)
 
 
-def probe_traces(task: Task, problems: list[Problem], regime_cfg, kind: str) -> list[tuple[str, ...]]:
+def probe_traces(task: Task, problems: list[Problem], kind: str) -> list[tuple[str, ...]]:
     regime = TRACE_KINDS[kind]
     if regime is None:
         return [p.steps for p in problems]
-    return [task.parse(row["completion"]).steps for row in REGIMES.get(regime)(problems, task, regime_cfg, 0)]
+    rows = REGIMES.get(regime)(problems, task, RegimeConfig(name=regime), 0)
+    return [task.parse(row["completion"]).steps for row in rows]
 
 
-def trace_dependence(task: Task, problems: list[Problem], regime_cfg, model, tokenizer, batch_size: int) -> dict:
+def trace_dependence(task: Task, problems: list[Problem], model, tokenizer, batch_size: int) -> dict:
     """Per trace kind: the greedy answer after the teacher-forced trace, equal to the trace's own answer
     vs to the gold answer. Donor and corrupted items whose trace leads to the gold answer anyway are left
     out, so the two shares never count the same answer; items whose trace answer the task cannot tell
     count toward the gold share only."""
     out = {}
     for kind in TRACE_KINDS:
-        traces = probe_traces(task, problems, regime_cfg, kind)
+        traces = probe_traces(task, problems, kind)
         contexts = [p.prompt + task.render(t, "") for p, t in zip(problems, traces)]
         led_to = [task.trace_answer(t) for t in traces]
         kept = [
