@@ -78,10 +78,13 @@ class BaseConfig:
 
 @dataclass
 class CatalystConfig:
-    n: int = 256
+    n: int = 256  # rows: a seeded sample of the `train` pool, up to all of it
     steps: int = 160
     batch_size: int = 32
     lr: float = 2e-3
+    # Stechly et al.'s protocol: SFT a freshly initialised tiny model (init seed base.seed) on the rows
+    # alone, with no base pretraining; the base still serves as the `none` reference of ignition.
+    from_scratch: bool = False
 
 
 @dataclass
@@ -132,8 +135,17 @@ class IGConfig:
 
 
 @dataclass
+class ProbesConfig:
+    """Forward-pass probes of the catalyst checkpoint (metrics/probes.py, docs/metrics.md)."""
+
+    enabled: bool = True
+    atomic_items: int = 128  # held-out single-op items behind skill retention
+
+
+@dataclass
 class MetricsConfig:
     ig: IGConfig = field(default_factory=IGConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
 
 
@@ -260,6 +272,11 @@ def validate(cfg: DictConfig) -> None:
         check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
     for key, rule in RANGES.items():
         _check_range(key, OmegaConf.select(cfg, key), rule)
+    if cfg.catalyst.from_scratch and cfg.model.kind != "tiny":
+        raise UserError(
+            f"catalyst.from_scratch=true is not valid with model.kind={cfg.model.kind!r}; it trains a tiny model "
+            "from scratch: use model=tiny, or catalyst.from_scratch=false"
+        )
     if cfg.model.kind == "tiny" and cfg.model.hidden_size % cfg.model.num_heads:
         raise UserError(
             f"model.hidden_size={cfg.model.hidden_size} is not valid; it must be a multiple of "
@@ -302,6 +319,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
             "signal.samples",
             "signal.rounds",
             "metrics.ig.max_items",
+            "metrics.probes.atomic_items",
         )
     },
     **{k: (0, SEED_LIMIT - 1, True) for k in ("seed", "base.seed")},

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -16,6 +17,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from catalyst_ttt.cache import cached_checkpoint
 from catalyst_ttt.config import ModelConfig
 from catalyst_ttt.errors import UserError
 
@@ -50,6 +52,19 @@ def new_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: i
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
+
+
+def untrained_checkpoint(cfg: DictConfig, owner: str) -> str:
+    """The tiny model as initialised with `base.seed`, never trained, from the phase cache: where a
+    `catalyst.from_scratch` catalyst starts (Stechly et al.'s protocol: no base pretraining)."""
+
+    def build(directory: Path) -> None:
+        tokenizer = char_tokenizer()
+        save_checkpoint(new_tiny_model(cfg.model, tokenizer, cfg.base.seed), tokenizer, directory)
+
+    key = {"model": OmegaConf.to_container(cfg.model, resolve=True), "init_seed": cfg.base.seed}
+    path, _ = cached_checkpoint(cfg.cache_dir, "scratch", key, build, owner, cfg.lock_timeout)
+    return str(path)
 
 
 def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):

@@ -18,12 +18,14 @@ from catalyst_ttt.cache import cached_checkpoint
 from catalyst_ttt.config import build_task, config_hash, task_key
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import information_gain
+from catalyst_ttt.metrics.probes import catalyst_probes
 from catalyst_ttt.models import (
     char_tokenizer,
     load_pretrained,
     load_tokenizer,
     new_tiny_model,
     save_checkpoint,
+    untrained_checkpoint,
     with_chat_template,
 )
 from catalyst_ttt.record import CellRecord
@@ -62,6 +64,7 @@ def run_cell(cfg: DictConfig) -> dict:
         with record.phase("pre_ttt"):
             result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
+        result["probes"] = catalyst_probes(cfg, task, splits, model, base_ref, tokenizer)
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
         with record.phase("ttt"):
@@ -138,8 +141,9 @@ def catalyst_checkpoint(cfg: DictConfig, task: Task, splits: dict, base_ref: str
     if not rows:
         return base_ref, "skipped"
     c = cfg.catalyst
-    key = catalyst_key(cfg, base_name(cfg, base_ref))
-    path, built = fine_tuned(cfg, task, base_ref, rows, (c.steps, c.batch_size, c.lr, cfg.seed), "catalyst", key, owner)
+    origin = untrained_checkpoint(cfg, owner) if c.from_scratch else base_ref
+    key = catalyst_key(cfg, base_name(cfg, origin))
+    path, built = fine_tuned(cfg, task, origin, rows, (c.steps, c.batch_size, c.lr, cfg.seed), "catalyst", key, owner)
     return path, "trained" if built else "cached"
 
 

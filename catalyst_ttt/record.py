@@ -138,12 +138,13 @@ class CellRecord:
 
 
 def flat_metrics(result: dict) -> dict:
-    """`split/metric` for every split, id's process metrics at top level, ig/*, stab/*, ignition."""
+    """`split/metric` for every split, id's process metrics at top level, ig/*, stab/*, probes/*, ignition."""
     flat = {f"{split}/{k}": v for split, metrics in result.get("metrics", {}).items() for k, v in metrics.items()}
     flat |= {k: v for k, v in result.get("metrics", {}).get("id", {}).items() if k.startswith("process/")}
     flat |= result.get("ig", {}) | result.get("stab", {})
     flat |= {f"pre_ttt/{k}": v for k, v in result.get("pre_ttt", {}).items()}
     flat |= {f"ig_calibration/{k}": v for k, v in result.get("ig_calibration", {}).items()}
+    flat |= {f"probes/{k}": v for k, v in result.get("probes", {}).items()}
     flat |= {"status": result["status"], "uses_labels": int(result["uses_labels"])}
     if "ignition" in result:
         flat["ignition"] = result["ignition"]

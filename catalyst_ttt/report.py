@@ -691,6 +691,193 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+# -- ignition vs catalyst budget ----------------------------------------------------------
+
+BUDGET_AXIS = "catalyst_n"
+CORRUPTED_REGIMES = ("swapped", "illogical", "corrupted")
+# result.json `probes` key -> column (metrics/probes.py, docs/metrics.md)
+PROBE_COLUMNS = {
+    "skill/base": "skill base",
+    "skill/start": "skill start",
+    "format/start": "format rate",
+    "trace/gold/gold_answer": "gold trace → gold",
+    "trace/donor/follows_trace": "donor trace → trace",
+    "trace/donor/gold_answer": "donor trace → gold",
+    "trace/corrupted/follows_trace": "corrupted trace → trace",
+    "trace/corrupted/gold_answer": "corrupted trace → gold",
+}
+SKILL_LOSS = 0.10  # the atomic skill "fell" when start is below base by more than this
+FORMAT_FLOOR = 0.5  # below this format rate the model mostly does not write the trace format
+
+
+def varies_budget(report: Report) -> bool:
+    return len({entry.key.get(BUDGET_AXIS) for entry in report.ignition}) > 1
+
+
+def _without_budget(entry: Ignition) -> str:
+    """The pre-TTT design without catalyst.n and the regime's name: equal along one panel's curves."""
+    config = json.loads(json.dumps(entry.replicates[0].get("config", {})))
+    config.get("catalyst", {}).pop("n", None)
+    config["regime"] = {k: v for k, v in config.get("regime", {}).items() if k != "name"}
+    return design_hash(config, drop=("signal", "ttt"))
+
+
+def budget_curves(report: Report) -> dict[str, dict[str, list[Ignition]]]:
+    """panel (what fixes a curve besides regime and n) -> regime -> its entries by increasing n."""
+    context = [axis for axis in report.ignition_varying if axis not in (BUDGET_AXIS, "config")]
+    keyed = [(_context(e.key, context), _without_budget(e), e) for e in report.ignition]
+    designs = defaultdict(set)
+    for label, design_key, _ in keyed:
+        designs[label].add(design_key)
+    curves: dict[str, dict[str, list[Ignition]]] = defaultdict(lambda: defaultdict(list))
+    for label, design_key, entry in keyed:
+        panel = ", ".join(filter(None, [label, f"config {design_key[:8]}" if len(designs[label]) > 1 else ""]))
+        curves[panel][entry.key["regime"]].append(entry)
+    for regimes in curves.values():
+        for entries in regimes.values():
+            entries.sort(key=lambda e: e.key[BUDGET_AXIS])
+    return curves
+
+
+def mean_probes(entry: Ignition) -> dict[str, float]:
+    """Each probe's mean over the entry's replicates that recorded it."""
+    values = defaultdict(list)
+    for result in entry.replicates:
+        for name, value in result.get("probes", {}).items():
+            values[name].append(value)
+    return {name: sum(v) / len(v) for name, v in values.items()}
+
+
+def plot_ignition_vs_budget(report: Report, path: Path) -> None:
+    curves = budget_curves(report)
+    panels = sorted(curves)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        budgets = sorted({e.key[BUDGET_AXIS] for entries in curves[panel].values() for e in entries})
+        for regime, entries in sorted(curves[panel].items()):
+            estimates = [e.paired.estimate for e in entries]
+            ns = [e.key[BUDGET_AXIS] for e in entries]
+            line = ax.errorbar(ns, [e.mean for e in estimates], yerr=_errors(estimates), marker="o", capsize=3)
+            line.set_label(regime)
+            lit = [(n, e.mean) for n, e, entry in zip(ns, estimates, entries) if entry.ignites]
+            if lit:
+                ax.plot(*zip(*lit), marker="*", markersize=13, linestyle="none", color=line[0].get_color())
+        ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(n) for n in budgets])
+        ax.minorticks_off()
+        ax.set_title(panel or "ignition", fontsize=9)
+        ax.set_xlabel("catalyst.n (rows)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("ignition: start − none base (id, greedy)")
+    axes[0][-1].legend(title="regime", fontsize=7)
+    fig.suptitle("Ignition vs catalyst budget (95% bootstrap; ★ ignites, McNemar p < 0.05)", fontsize=10)
+    _save(fig, path)
+
+
+def _probe_cell(probes: dict[str, float], name: str) -> str:
+    return f"{probes[name]:.2f}" if name in probes else "–"
+
+
+def _why(probes: dict[str, float]) -> str:
+    """What the probes say at one budget, in words."""
+    if not probes:
+        return "no probes were recorded"
+    parts = []
+    if "skill/base" in probes and "skill/start" in probes:
+        kept = probes["skill/start"] >= probes["skill/base"] - SKILL_LOSS
+        parts.append(
+            f"atomic skill {probes['skill/base']:.2f} → {probes['skill/start']:.2f} "
+            f"({'kept' if kept else 'overwritten by the catalyst'})"
+        )
+    if "format/start" in probes:
+        writes = probes["format/start"] >= FORMAT_FLOOR
+        parts.append(f"format rate {probes['format/start']:.2f}{'' if writes else ' (it mostly writes no trace)'}")
+    kinds = [kind for kind in ("donor", "corrupted") if f"trace/{kind}/follows_trace" in probes]
+    for kind in kinds:
+        follows, gold = probes[f"trace/{kind}/follows_trace"], probes[f"trace/{kind}/gold_answer"]
+        reads = "reads the trace" if follows > gold else "does not follow the trace"
+        parts.append(f"after a {kind} trace it answers the trace's output {follows:.2f} vs gold {gold:.2f} ({reads})")
+    return "; ".join(parts)
+
+
+def budget_answer(report: Report) -> list[str]:
+    """Per corrupted regime and panel: whether and from which n it ignites, and what the probes show."""
+    out = []
+    for panel, regimes in sorted(budget_curves(report).items()):
+        place = f" ({panel})" if panel else ""
+        for regime in [r for r in CORRUPTED_REGIMES if r in regimes]:
+            entries = regimes[regime]
+            lit = [e.key[BUDGET_AXIS] for e in entries if e.ignites]
+            if all(e.ignites is None for e in entries):
+                out.append(f"`{regime}`{place} cannot be tested: no per-item results.")
+                continue
+            decisive = next(e for e in entries if e.ignites) if lit else entries[-1]
+            test = decisive.paired.test
+            evidence = f"ignition {fmt(decisive.paired.estimate, signed=True)}" + (
+                f", {test.describe()}" if test else ""
+            )
+            if not lit:
+                verdict_ = f"does not ignite at any budget up to n={decisive.key[BUDGET_AXIS]} ({evidence})"
+            elif all(e.ignites for e in entries if e.key[BUDGET_AXIS] >= lit[0]):
+                verdict_ = f"ignites from n={lit[0]} on ({evidence} at n={lit[0]})"
+            else:
+                verdict_ = f"ignites at n={', '.join(map(str, lit))} only ({evidence} at n={lit[0]})"
+            budgets = ", ".join(str(e.key[BUDGET_AXIS]) for e in entries)
+            out.append(
+                f"`{regime}`{place} {verdict_}; budgets tried: {budgets}. Probes at n={decisive.key[BUDGET_AXIS]}: "
+                f"{_why(mean_probes(decisive))}."
+            )
+    return out or ["No corrupted regime (swapped, illogical, corrupted) in this sweep."]
+
+
+def ignition_budget_section(report: Report) -> list[str]:
+    """`## Ignition vs catalyst budget`: shown only when the sweep varies catalyst.n."""
+    if not varies_budget(report):
+        return []
+    context = [axis for axis in report.ignition_varying if axis not in (BUDGET_AXIS, "config")]
+    rows, probe_rows = [], []
+    for panel, regimes in sorted(budget_curves(report).items()):
+        for regime, entries in sorted(regimes.items()):
+            for entry in entries:
+                test, estimate = entry.paired.test, entry.paired.estimate
+                place = [panel or "–", regime, str(entry.key[BUDGET_AXIS])]
+                rows.append(
+                    [
+                        *place,
+                        f"{estimate.n}" + (f" ({NO_INTERVAL})" if estimate.n < 3 else ""),
+                        fmt(estimate, signed=True),
+                        format_p(test.p) if test else "–",
+                        {True: "yes", False: "no", None: "–"}[entry.ignites],
+                    ]
+                )
+                probes = mean_probes(entry)
+                probe_rows.append([*place, *(_probe_cell(probes, name) for name in PROBE_COLUMNS)])
+    panel_header = ", ".join(context) or "panel"
+    return [
+        "## Ignition vs catalyst budget",
+        "",
+        "Ignition (TTT start − `none` base on the same id items, before TTT) against the catalyst's rows "
+        "`catalyst.n`, one curve per regime (plot `ignition_vs_budget`; ★ where it ignites).",
+        "",
+        _markdown_table([panel_header, "regime", "n", "replicates", "ignition", "McNemar p", "ignites"], rows),
+        "",
+        "Probes of the catalyst checkpoint (means over replicates; docs/metrics.md): skill = greedy accuracy on "
+        "held-out single-op items before (base) and after (start) the catalyst; format rate = greedy id completions "
+        "that parse with the expected step count; `X trace → trace / gold` = share of answers, written after a "
+        "teacher-forced X trace, equal to that trace's own answer / to the gold answer.",
+        "",
+        _markdown_table([panel_header, "regime", "n", *PROBE_COLUMNS.values()], probe_rows),
+        "",
+        *[f"- {sentence}" for sentence in budget_answer(report)],
+        "",
+    ]
+
+
+def budget_plots(report: Report) -> dict:
+    return {"ignition_vs_budget": lambda p: plot_ignition_vs_budget(report, p)} if varies_budget(report) else {}
+
+
 # -- output -------------------------------------------------------------------------------
 
 
@@ -704,6 +891,7 @@ def write_report(report: Report, runs_dir: str | Path) -> Path:
         "process_and_ig": lambda p: plot_process_ig(report, p),
         "shifts": lambda p: plot_shifts(report, p),
     }
+    plots |= budget_plots(report)
     for name, draw in plots.items():
         report.plots[name] = directory / f"{name}.png"
         draw(report.plots[name])
@@ -736,6 +924,7 @@ def markdown(report: Report, embed: bool) -> str:
         "",
         ignition_table(report),
         "",
+        *ignition_budget_section(report),
         "## Regimes × signals",
         "",
         markdown_table(report),

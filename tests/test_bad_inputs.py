@@ -59,6 +59,11 @@ OVERRIDES = [
     (["run", "eval.sampled_splits=[heldout]"], "eval.sampled_splits must include id (stability reads its samples)"),
     (["run", "catalyst.n=0"], "catalyst.n=0 is not valid"),
     (["run", "catalyst.n=2001"], "catalyst.n=2001 is more than the 2000 problems of the catalyst pool"),
+    (
+        ["run", "model=hf", "model.name_or_path=some/hub-model", "catalyst.from_scratch=true"],
+        "catalyst.from_scratch=true is not valid with model.kind='hf'",
+    ),
+    (["run", "metrics.probes.atomic_items=0"], "metrics.probes.atomic_items=0 is not valid; it must be >= 1"),
     (["run", "ttt.prompts_per_step=0"], "ttt.prompts_per_step=0 is not valid"),
     (["run", "ttt.num_generations=1"], "GRPO groups need >= 2"),
     (["run", "metrics.stability.max_drop=1.5"], "max_drop=1.5 is not valid; it must be finite and >= 0 and <= 1"),
@@ -87,7 +92,10 @@ OVERRIDES = [
     (["run", "metrics.ig.scorer=/nonexistent/scorer"], "metrics.ig.scorer='/nonexistent/scorer': no model there"),
     (["run", "lock_timeout=-1"], "lock_timeout=-1.0 is not valid"),
     (["run", "--cfg", "hydra"], "--cfg hydra is not valid; valid: job"),
-    (["sweep", "nope"], "unknown sweep 'nope'; valid: bench, default, full, signals, smoke, testbed"),
+    (
+        ["sweep", "nope"],
+        "unknown sweep 'nope'; valid: bench, default, full, ignition, signals, smoke, stechly, testbed",
+    ),
     (["sweep", "../smoke"], "sweep='../smoke' is not valid"),
     (["sweep", "smoke", "regime=none,nope"], "unknown regime 'nope'"),
     (["sweep", "smoke", "--jobs", "0"], "--jobs 0 is not valid"),

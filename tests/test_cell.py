@@ -3,8 +3,15 @@
 import json
 from pathlib import Path
 
+import torch
+
+from catalyst_ttt.cache import KEY
+from catalyst_ttt.config import compose_cell
+from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model
 from helpers.cells import run
 from helpers.wandb_offline import read_offline_run
+
+SHARES = ("gold_answer", "follows_trace")
 
 
 def test_cell_runs_every_phase_and_writes_results(tiny):
@@ -22,6 +29,10 @@ def test_cell_runs_every_phase_and_writes_results(tiny):
     assert (cell / "config.yaml").exists() and (cell / "trajectory.json").exists()
     assert on_disk["phases"]["catalyst"] in ("trained", "cached")
     assert not list(cell.glob(".*.tmp"))
+    traces = {f"trace/{kind}/{share}" for kind in ("gold", "donor", "corrupted") for share in SHARES}
+    assert set(on_disk["probes"]) == {"format/start", "skill/base", "skill/start"} | traces
+    assert all(0.0 <= value <= 1.0 for value in on_disk["probes"].values())
+    assert on_disk["probes"]["trace/gold/gold_answer"] == on_disk["probes"]["trace/gold/follows_trace"]
 
 
 def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
@@ -34,6 +45,7 @@ def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
     rewards = offline.series("ttt/reward")
     assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
     assert offline.series("ttt/step")
+    assert result["probes"] and all(offline.summary[f"probes/{k}"] == v for k, v in result["probes"].items())
     for split, metrics in result["metrics"].items():
         assert offline.summary[f"{split}/acc/greedy"] == metrics["acc/greedy"]
     assert offline.summary["id/acc/maj@4"] == result["metrics"]["id"]["acc/maj@4"]
@@ -72,3 +84,17 @@ def test_hf_model_from_a_local_directory(tiny, local_hf_model):
     assert result["phases"]["base"] == "pretrained"
     assert result["cell"].startswith("alchemy-local_llama-")
     assert set(result["metrics"]["id"]) >= {"acc/greedy", "process/step_validity"}
+
+
+def test_a_from_scratch_catalyst_trains_an_untrained_model_on_the_rows_alone(tiny, tmp_path):
+    overrides = tiny("regime=correct", "signal=none", "catalyst.from_scratch=true", "base.seed=3", cache=tmp_path)
+    result = run(overrides)
+    assert result["status"] == "done", result.get("error")
+    (scratch,) = [d for d in (tmp_path / "scratch").iterdir() if d.is_dir()]
+    untrained = load_pretrained(str(scratch))[0].state_dict()
+    fresh = new_tiny_model(compose_cell(overrides).model, char_tokenizer(), seed=3).state_dict()
+    assert all(torch.equal(untrained[name], fresh[name]) for name in fresh)  # initialised with base.seed, no step
+    (catalyst,) = [d for d in (tmp_path / "catalyst").iterdir() if d.is_dir()]
+    key = json.loads((catalyst / KEY).read_text())
+    assert key["base"] == scratch.name and key["catalyst"]["from_scratch"] is True
+    assert result["phases"]["catalyst"] == "trained" and set(result["probes"]) >= {"skill/base", "skill/start"}

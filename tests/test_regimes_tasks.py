@@ -14,6 +14,7 @@ from catalyst_ttt.regimes import REGIMES, catalyst_rows
 from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig
 from catalyst_ttt.tasks.alchemy import true_fact as alchemy_true_fact
 from catalyst_ttt.tasks.arith import Arith, ArithConfig, column_steps
+from catalyst_ttt.tasks.arith import parse_step as arith_parse_step
 from catalyst_ttt.tasks.arith import true_fact as arith_true_fact
 from catalyst_ttt.tasks.gsm8k import ANNOTATION, GSM8K, GSM8KConfig, UnsafeExpression, annotation_valid, safe_eval
 from helpers.cells import run
@@ -120,6 +121,8 @@ def test_arith_illogical_and_corrupted_on_any_sum(tasks, a, b, seed):
     corrupted = task.corrupted_steps(problem, random.Random(seed))
     assert [_plan("arith", s) for s in corrupted] == [_plan("arith", g) for g in problem.steps]
     assert not any(arith_true_fact(s) for s in corrupted)
+    stated = [arith_parse_step(s) for s in corrupted]  # the gold structure: each carry the previous sum's tens
+    assert [carry for _, _, carry, _ in stated] == [0] + [total // 10 for *_, total in stated[:-1]]
 
 
 def _true_fact(task, step: str) -> bool:
@@ -303,6 +306,8 @@ def test_a_cell_runs_for_every_regime_and_task(tiny, tmp_path_factory, task_name
     assert result["status"] == "done", result.get("error")
     assert result["phases"]["catalyst"] in (("skipped",) if regime == "none" else ("trained", "cached"))
     assert set(result["metrics"]) >= {"id", "heldout"}
+    assert {"format/start", "trace/gold/gold_answer", "trace/donor/gold_answer"} <= set(result["probes"])
+    assert ("trace/donor/follows_trace" in result["probes"]) == (task_name != "gsm8k")  # gsm8k: no trace answer
 
 
 def test_gsm8k_end_to_end_with_a_local_hf_model(tiny, tmp_path, local_hf_model):

@@ -11,7 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
-from catalyst_ttt.report import build_report, log_to_wandb, markdown, markdown_table, variance_table, write_report
+from catalyst_ttt.report import (
+    CORRUPTED_REGIMES,
+    build_report,
+    log_to_wandb,
+    markdown,
+    markdown_table,
+    variance_table,
+    write_report,
+)
 from catalyst_ttt.results import GRID, write_json
 from catalyst_ttt.sweep import SWEEPS_DIR, load_sweep, record_grid
 from helpers.cells import cttt
@@ -443,3 +451,72 @@ def test_status_reads_the_results_store(smoke_store):
     done = CliRunner().invoke(app, ["status", "smoke", "--runs-dir", str(smoke_store)], terminal_width=300)
     assert done.exit_code == 0, done.output
     assert "done=4" in done.output
+
+
+def test_catalyst_n_and_steps_are_separate_axes_that_never_pool(tmp_path):
+    """Each (catalyst.n, catalyst.steps) pair is its own group and ignition entry, with its own value."""
+    budgets = [(64, 160, 0.2), (64, 640, 0.3), (256, 160, 0.4), (256, 640, 0.5)]
+    results = [
+        fake_result("correct", "none", s, start, start, catalyst_n=n, config={"catalyst": {"steps": steps}})
+        for s in (0, 1, 2)
+        for n, steps, start in budgets
+    ]
+    report = build_report(_store(tmp_path, results), "hand")
+    assert {"catalyst_n", "catalyst_steps"} <= set(report.ignition_varying)
+    assert sorted(len(g.cells) for g in report.groups) == [3, 3, 3, 3]
+    ignition = {(e.key["catalyst_n"], e.key["catalyst_steps"]): e.paired.estimate.mean for e in report.ignition}
+    assert ignition == {(n, steps): pytest.approx((round(start * 64) - 3) / 64) for n, steps, start in budgets}
+
+
+def _budget_store(runs: Path) -> Path:
+    """Ignition by n (64, 256, 1024): correct always; swapped from 1024 on; illogical never; corrupted at
+    256 only. Swapped's probes: the skill falls and a donor trace is copied."""
+    starts = {
+        "correct": {64: 0.6, 256: 0.7, 1024: 0.8},
+        "swapped": {64: 0.05, 256: 0.05, 1024: 0.5},
+        "illogical": {64: 0.05, 256: 0.05, 1024: 0.05},
+        "corrupted": {64: 0.05, 256: 0.4, 1024: 0.05},
+    }
+    copies = {"skill/base": 0.9, "skill/start": 0.5, "format/start": 0.95}
+    copies |= {"trace/donor/follows_trace": 0.8, "trace/donor/gold_answer": 0.1}
+    ignores = {"skill/base": 0.9, "skill/start": 0.85, "format/start": 0.2}
+    ignores |= {"trace/donor/follows_trace": 0.1, "trace/donor/gold_answer": 0.3}
+    results = [
+        fake_result(regime, "none", s, start, start, catalyst_n=n, probes=copies if regime == "swapped" else ignores)
+        for s in (0, 1, 2)
+        for regime, by_n in starts.items()
+        for n, start in by_n.items()
+    ]
+    results += [fake_result("none", "none", s, 0.05, 0.05, catalyst_n=n) for s in (0, 1, 2) for n in (64, 256, 1024)]
+    return _store(runs, results)
+
+
+def test_ignition_vs_budget_section_answers_per_corrupted_regime(tmp_path):
+    runs = _budget_store(tmp_path)
+    report = build_report(runs, "hand")
+    text = markdown(report, embed=False)
+    assert "## Ignition vs catalyst budget" in text
+    answer = [line for line in text.splitlines() if line.startswith("- `") and "budgets tried" in line]
+    assert len(answer) == 3  # swapped, illogical, corrupted; never correct
+    swapped, illogical, corrupted = (next(a for a in answer if a.startswith(f"- `{r}`")) for r in CORRUPTED_REGIMES)
+    assert "ignites from n=1024 on" in swapped and f"ignition +{(32 - 3) / 64:.3f}" in swapped
+    assert "atomic skill 0.90 → 0.50 (overwritten by the catalyst)" in swapped
+    assert "donor trace it answers the trace's output 0.80 vs gold 0.10 (reads the trace)" in swapped
+    assert "does not ignite at any budget up to n=1024" in illogical
+    assert "format rate 0.20 (it mostly writes no trace)" in illogical and "(does not follow the trace)" in illogical
+    assert "ignites at n=256 only" in corrupted and "(kept)" in corrupted
+    row = _row(text, "–", "swapped", "1024")
+    assert f"+{(32 - 3) / 64:.3f} [" in row and row.endswith("| yes |")
+    assert _row(text, "–", "swapped", "256").endswith("| no |")
+    probes = [line for line in text.splitlines() if line.startswith("| – | swapped | 64 |")][1]  # the probes table
+    assert probes.endswith("| 0.90 | 0.50 | 0.95 | – | 0.80 | 0.10 | – | – |")
+    directory = write_report(report, runs)
+    width, height = _png_size(directory / "ignition_vs_budget.png")
+    assert width >= 400 and height >= 300
+
+
+def test_no_budget_section_when_catalyst_n_is_fixed(tmp_path):
+    _hand_store(tmp_path, "majority", "process")
+    report = build_report(tmp_path, "hand")
+    assert "Ignition vs catalyst budget" not in markdown(report, embed=False)
+    assert not (write_report(report, tmp_path) / "ignition_vs_budget.png").exists()

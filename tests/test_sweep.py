@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from catalyst_ttt import pipeline
 from catalyst_ttt.cli import app
+from catalyst_ttt.config import build_task, split_sizes
 from catalyst_ttt.sweep import load_sweep
 from helpers.cells import CTTT, cttt
 
@@ -199,3 +200,20 @@ def test_the_multirun_places_store_and_cache_by_absolute_path(tmp_path, monkeypa
     argv = sweep.multirun_argv(sweep.cells()[0].config)
     assert f"runs_dir={tmp_path}/rel/runs" in argv and f"cache_dir={tmp_path}/rel/cache" in argv
     assert "runs_dir=rel/runs" not in argv
+
+
+def test_the_ignition_sweep_crosses_every_regime_with_budgets_up_to_the_whole_pool():
+    sweep = load_sweep("ignition", [])
+    axes = sweep.axes
+    assert axes["regime"] == ["none", "answer_only", "correct", "swapped", "illogical", "corrupted"]
+    budgets = sorted(int(n) for n in axes["catalyst.n"])
+    assert len(budgets) >= 4 and budgets[0] == 64 and len(axes["catalyst.steps"]) >= 2
+    assert len(axes["seed"]) >= 3 and len(axes["base.seed"]) >= 2 and "signal=none" in sweep.fixed
+    largest = load_sweep("ignition", ["regime=correct", f"catalyst.n={budgets[-1]}"]).cells()[0]
+    assert budgets[-1] == split_sizes(build_task(largest.config))["train"]  # the whole catalyst pool
+
+
+def test_the_stechly_sweep_trains_from_scratch_on_its_whole_pool():
+    (cell,) = load_sweep("stechly", ["regime=swapped", "seed=0", "base.seed=0"]).cells()
+    assert cell.config.catalyst.from_scratch and cell.config.model.kind == "tiny"
+    assert cell.config.catalyst.n == split_sizes(build_task(cell.config))["train"]

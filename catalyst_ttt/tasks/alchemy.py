@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import Problem, Task, insert_noise, sample_unique
+from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task, insert_noise, sample_unique
 
 
 def _shift_letters(element: str, by: int, alphabet_size: int) -> str:
@@ -210,6 +210,43 @@ class Alchemy(Task):
 
     def expected_steps(self, problem: Problem) -> int:
         return len(problem.spec["ops"])
+
+    def trace_answer(self, steps: tuple[str, ...]) -> str | None:
+        last = parse_step(steps[-1]) if steps else None
+        return last[2] if last else None
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def atomic_probes(self, n: int) -> list[AtomicProbe]:
+        """Single ops `op INPUT>` on task-length inputs: no split's trace and no base corpus text
+        (a step, or an answer-only problem's first op) applies that op to that input."""
+        cfg = self.cfg
+        steps = [step for split in self._splits.values() for problem in split for step in problem.steps]
+        seen = {parse_step(step)[:2] for step in steps}
+        for text in self.base_corpus():
+            prompt, answered, _ = text.partition(":")
+            if answered:  # an answer-only problem: `START OP,OP:#ANSWER`
+                start, _, ops = prompt.partition(" ")
+                seen.add((ops.split(",")[0], start))
+            else:
+                seen |= {parse_step(step)[:2] for step in text.split(";")}
+
+        def in_space(key: tuple[str, str]) -> bool:
+            return key[0] in cfg.ops and len(key[1]) == cfg.length
+
+        space = len(cfg.ops) * cfg.alphabet_size**cfg.length
+        keys = sample_unique(
+            random.Random(cfg.seed + 3),
+            min(n, space - sum(map(in_space, seen))),
+            lambda r: (r.choice(cfg.ops), self._element(r, cfg.length)),
+            seen,
+            in_space,
+            space,
+            "atomic probes",
+        )
+        return [
+            AtomicProbe(format_step(op, source, ""), apply_op(op, source, cfg.alphabet_size)) for op, source in keys
+        ]
 
     # -- corrupted catalysts --------------------------------------------------------------
 

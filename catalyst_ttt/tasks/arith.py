@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import Problem, Task, insert_noise, sample_unique
+from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task, insert_noise, sample_unique
 
 
 @dataclass
@@ -140,6 +140,24 @@ class Arith(Task):
 
     def expected_steps(self, problem: Problem) -> int:
         return max(len(str(problem.spec["a"])), len(str(problem.spec["b"])))
+
+    def trace_answer(self, steps: tuple[str, ...]) -> str | None:
+        """Each column's stated sum's ones digit, right to left, after the last column's carry."""
+        sums = [parse_step(step) for step in steps]
+        if not sums or None in sums:
+            return None
+        digits = "".join(str(total % 10) for *_, total in reversed(sums))
+        return str(int(str(sums[-1][3] // 10) + digits))
+
+    def atomic_probes(self, n: int) -> list[AtomicProbe]:
+        """Column facts `x+y+c=` that no split's trace and no base corpus text states. The fact table
+        has 200 entries; the default base corpus states every one, so arith then has no probe."""
+        stated = {step for split in self._splits.values() for p in split for step in p.steps}
+        stated |= {step for text in self.base_corpus() for step in text.partition(":")[0].split(";")}
+        facts = [f"{x}+{y}+{c}={x + y + c}" for x in range(10) for y in range(10) for c in (0, 1)]
+        unseen = [fact.partition("=") for fact in facts if fact not in stated]
+        picked = random.Random(self.cfg.seed + 3).sample(unseen, min(n, len(unseen)))
+        return [AtomicProbe(left + eq, total) for left, eq, total in picked]
 
     def is_answer(self, text: str) -> bool:
         """An integer."""

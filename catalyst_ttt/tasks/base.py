@@ -69,6 +69,15 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class AtomicProbe:
+    """One application of one op, written as the base corpus writes it: `prompt` is the text before
+    the op's result, `answer` the result (alchemy: `rot ABCD>` -> `FGHI`)."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
 class Parsed:
     """A completion split into steps and answer; `answer` is None when none of the task's form was given."""
 
@@ -143,6 +152,17 @@ class Task(abc.ABC):
     def expected_steps(self, problem: Problem) -> int | None:
         """How many steps a full trace has, if the prompt alone tells (None otherwise)."""
         return None
+
+    def trace_answer(self, steps: tuple[str, ...]) -> str | None:
+        """The answer a trace's own stated outputs lead to (alchemy: its last output), whether or not
+        they are true; None where the task cannot tell."""
+        return None
+
+    def atomic_probes(self, n: int) -> list[AtomicProbe]:
+        """Up to n single-op items whose (input, op) appear in no split's trace and no base corpus text:
+        the atomic skill the base learnt, asked on inputs it never saw. None where the task has no ops
+        or its base corpus leaves none unseen."""
+        return []
 
     @abc.abstractmethod
     def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:

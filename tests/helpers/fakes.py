@@ -46,6 +46,7 @@ def fake_result(
     catalyst_n: int = 256,
     access: str | None = None,
     config: dict | None = None,
+    probes: dict | None = None,
 ) -> dict:
     """One cell. Item lists: the first round(acc * items) items are right in every arm, so accuracies are
     exact and every discordant pair points one way. `trajectory`: accuracies at steps 0, 5, 10, ...
@@ -129,6 +130,8 @@ def fake_result(
     }
     if access:
         result["access"] = access
+    if probes is not None:
+        result["probes"] = probes
     if status != "done":
         for key in ("metrics", "stab", "ig", "ig_calibration", "items", "trajectory"):
             result.pop(key)
