@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Cells run in parallel by `make sweep`, one torch thread each.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: install sweep report test test-fast bench lint clean
 
@@ -15,7 +17,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 sweep: $(INSTALLED)  ## the default study on the embedded task and tiny model, then its report
-	$(BIN)/cttt sweep default
+	$(BIN)/cttt sweep default --jobs $(JOBS)
 	$(BIN)/cttt report default
 
 test: $(INSTALLED)  ## the full suite (what CI runs)
@@ -24,8 +26,8 @@ test: $(INSTALLED)  ## the full suite (what CI runs)
 test-fast: $(INSTALLED)  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
 
-bench: $(INSTALLED)
-	$(BIN)/python -m catalyst_ttt.bench
+bench: $(INSTALLED)  ## per-phase timings; SECTIONS="base cell overhead jobs" (default: all)
+	$(BIN)/python -m catalyst_ttt.bench $(SECTIONS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check catalyst_ttt tests

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from catalyst_ttt.config import code_fingerprint, config_hash
-from catalyst_ttt.results import acquire, new_lock
+from catalyst_ttt.results import acquire, new_lock, read_json, write_json
 
 LOG = "trainings.jsonl"
 KEY = "key.json"
@@ -85,3 +85,16 @@ def _canonical(key_data: dict) -> str:
 def cached_keys(cache_dir: str | Path, kind: str) -> set[str]:
     root = Path(cache_dir) / kind
     return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} if root.is_dir() else set()
+
+
+def beside_checkpoint(directory: Path | None, name: str, key_data, compute: Callable[[], dict]) -> dict:
+    """`compute()`, kept beside a cached checkpoint's weights as `<name>-<hash of key_data>.json`: a
+    measurement of the checkpoint alone is made once, and every cell that starts from it reads it back.
+    `directory` None (a checkpoint outside the cache): computed every time."""
+    saved = directory / f"{name}-{config_hash(key_data)}.json" if directory is not None else None
+    if saved is not None and (known := read_json(saved)) is not None:
+        return known
+    value = compute()
+    if saved is not None:
+        write_json(saved, value)
+    return value

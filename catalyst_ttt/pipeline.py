@@ -14,8 +14,8 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.config import build_task, config_hash, task_key
+from catalyst_ttt.cache import beside_checkpoint, cached_checkpoint
+from catalyst_ttt.config import build_task, task_key
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.probes import catalyst_probes
@@ -30,7 +30,6 @@ from catalyst_ttt.models import (
 )
 from catalyst_ttt.record import CellRecord
 from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, catalyst_rows
-from catalyst_ttt.results import read_json, write_json
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tasks.base import TRAINING_SPLITS, Problem, Task
 from catalyst_ttt.training import (
@@ -64,7 +63,7 @@ def run_cell(cfg: DictConfig) -> dict:
         with record.phase("pre_ttt"):
             result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
-        result["probes"] = catalyst_probes(cfg, task, splits, model, base_ref, tokenizer)
+        result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
         with record.phase("ttt"):
@@ -82,6 +81,16 @@ def run_cell(cfg: DictConfig) -> dict:
             result["ig_calibration"] = ig_calibration(cfg, task, splits["heldout"], reader, tokenizer)
         record.add_evaluation(evaluated, trajectory)
     return record.result
+
+
+def start_probes(cfg, task, splits, model, start_ref: str, base_ref: str, tokenizer) -> dict:
+    """The probes of the TTT start point (metrics/probes.py), measured once per cached checkpoint."""
+    start = Path(start_ref)
+    directory = start if start.is_relative_to(Path(cfg.cache_dir)) else None
+    key = [_plain(cfg.metrics.probes), cfg.eval.max_per_split]
+    return beside_checkpoint(
+        directory, "probes", key, lambda: catalyst_probes(cfg, task, splits, model, base_ref, tokenizer)
+    )
 
 
 def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]], model, tokenizer) -> dict:
@@ -255,22 +264,20 @@ def ig_calibration(cfg, task, problems, reader: Reader | None, tokenizer) -> dic
     weights and every cell of that reader reads it back."""
     if reader is None:
         return {}
+
+    def measure() -> dict:
+        chosen = problems[: cfg.metrics.ig.max_items]
+        prompts, answers = [p.prompt for p in chosen], [p.answer for p in chosen]
+        out = {}
+        for name in CALIBRATION_REGIMES:
+            if name in REGIMES:
+                rows = REGIMES.get(name)(chosen, task, cfg.regime, 0)
+                traces = [task.parse(row["completion"]).steps for row in rows]
+                out[name] = information_gain(task, reader.model, tokenizer, prompts, traces, answers)["ig/total"]
+        return out
+
     options = {k: v for k, v in _plain(cfg.regime).items() if k != "name"}
-    filename = f"calibration-{config_hash([options, cfg.metrics.ig.max_items])}.json"
-    saved = reader.directory / filename if reader.directory is not None else None
-    if saved is not None and (known := read_json(saved)) is not None:
-        return known
-    problems = problems[: cfg.metrics.ig.max_items]
-    prompts, answers = [p.prompt for p in problems], [p.answer for p in problems]
-    out = {}
-    for name in CALIBRATION_REGIMES:
-        if name in REGIMES:
-            rows = REGIMES.get(name)(problems, task, cfg.regime, 0)
-            traces = [task.parse(row["completion"]).steps for row in rows]
-            out[name] = information_gain(task, reader.model, tokenizer, prompts, traces, answers)["ig/total"]
-    if saved is not None:
-        write_json(saved, out)
-    return out
+    return beside_checkpoint(reader.directory, "calibration", [options, cfg.metrics.ig.max_items], measure)
 
 
 def _plain(node) -> dict:
