@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig
 from trl import GRPOTrainer
 
+from catalyst_ttt.config import ANCHORS
 from catalyst_ttt.errors import UserError
 
-ANCHORS = ("none", "kl", "replay", "kl+replay")
 DEFAULT_BETA = 0.04  # TRL's former default KL weight (DeepSeekMath's GRPO)
 DEFAULT_REPLAY_WEIGHT = 1.0  # the replay NLL weighs as much as the GRPO loss
 

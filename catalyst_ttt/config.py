@@ -84,13 +84,16 @@ class CatalystConfig:
     lr: float = 2e-3
 
 
+ANCHORS = ("none", "kl", "replay", "kl+replay")  # `ttt.anchor`: what ties TTT to its start (anchors.py)
+
+
 @dataclass
 class TTTConfig:
     steps: int = 20
     prompts_per_step: int = 4
     num_generations: int = 8
     lr: float = 1e-4
-    anchor: str = "none"  # none | kl | replay | kl+replay: what ties TTT to its start (anchors.py)
+    anchor: str = "none"  # one of ANCHORS
     beta: float | None = None  # KL weight of anchor kl; unset: anchors.DEFAULT_BETA
     replay_weight: float | None = None  # weight of the catalyst-replay NLL of anchor replay; unset: the default
     temperature: float = 1.0
