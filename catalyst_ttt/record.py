@@ -20,7 +20,7 @@ from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import divergence_of
 
-TAGGED_AXES = ("task", "model", "regime", "signal")  # W&B tags, for filtering runs
+TAGGED_AXES = ("task", "model", "regime", "signal", "anchor")  # W&B tags, for filtering runs
 
 
 def axes_of(cfg: DictConfig) -> dict:
