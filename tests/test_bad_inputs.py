@@ -95,7 +95,10 @@ OVERRIDES = [
     (["sweep", "smoke", "--dry-run", "hydra/launcher=nope"], "unknown hydra/launcher 'nope'; valid: basic, joblib"),
     (["sweep", "smoke", "--dry-run", "hydra.job.chdir=maybe"], "hydra.job.chdir"),
     (["sweep", "smoke", "--dry-run", "seed=range(0"], "the command line: no viable alternative"),
-    (["sweep", "smoke", "--dry-run", "signal=glob(zz*)"], "'signal=glob(zz*)' matches no signal; valid: cross_view, entropy"),
+    (
+        ["sweep", "smoke", "--dry-run", "signal=glob(zz*)"],
+        "'signal=glob(zz*)' matches no signal; valid: cross_view, entropy",
+    ),
     (["sweep", "smoke", "--dry-run", "task.path=glob(*)"], "glob() picks config options"),
     (["sweep", "smoke", "--dry-run", "seed=interval(0,1)"], "interval() needs a sweeper that samples"),
     (["sweep", "smoke", "--dry-run", "seed=range(0,3)", "ttt.lr=-1"], "ttt.lr=-1.0 is not valid"),
