@@ -87,13 +87,18 @@ class CatalystConfig:
     from_scratch: bool = False
 
 
+ANCHORS = ("none", "kl", "replay", "kl+replay")  # `ttt.anchor`: what ties TTT to its start (anchors.py)
+
+
 @dataclass
 class TTTConfig:
     steps: int = 20
     prompts_per_step: int = 4
     num_generations: int = 8
     lr: float = 1e-4
-    beta: float = 0.0
+    anchor: str = "none"  # one of ANCHORS
+    beta: float | None = None  # KL weight of anchor kl; unset: anchors.DEFAULT_BETA
+    replay_weight: float | None = None  # weight of the catalyst-replay NLL of anchor replay; unset: the default
     temperature: float = 1.0
     eval_every: int = 5
 
@@ -255,6 +260,7 @@ def _first_line(err: Exception) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Checks Hydra's types cannot express: registry names, keys added with `+`, ranges, sizes."""
+    from catalyst_ttt.anchors import check_anchor
     from catalyst_ttt.regimes import REGIMES
     from catalyst_ttt.signals import SIGNALS
 
@@ -276,6 +282,13 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(
             f"catalyst.from_scratch=true is not valid with model.kind={cfg.model.kind!r}; it trains a tiny model "
             "from scratch: use model=tiny, or catalyst.from_scratch=false"
+        )
+    check_anchor(cfg.ttt)
+    if cfg.ttt.anchor != "none" and SIGNALS.get(cfg.signal.name).trainer != "grpo":
+        grpo = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
+        raise UserError(
+            f"ttt.anchor={cfg.ttt.anchor} anchors GRPO, which signal {cfg.signal.name} does not train with; "
+            f"use ttt.anchor=none or a GRPO signal: {', '.join(grpo)}"
         )
     if cfg.model.kind == "tiny" and cfg.model.hidden_size % cfg.model.num_heads:
         raise UserError(
@@ -302,7 +315,7 @@ def check_sampled_splits(names, task) -> None:
 RANGES: dict[str, tuple[float, float, bool]] = {
     **{k: (0, math.inf, False) for k in ("base.lr", "catalyst.lr", "ttt.lr", "ttt.temperature", "eval.temperature")},
     **{k: (0, math.inf, True) for k in ("ttt.beta", "ttt.steps", "catalyst.steps", "base.steps", "threads")},
-    **{k: (0, math.inf, True) for k in ("lock_timeout",)},
+    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout")},
     **{
         k: (1, math.inf, True)
         for k in (

@@ -14,6 +14,7 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from catalyst_ttt.anchors import kl_beta, replay_weight
 from catalyst_ttt.cache import beside_checkpoint, cached_checkpoint
 from catalyst_ttt.config import build_task, task_key
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
@@ -66,9 +67,10 @@ def run_cell(cfg: DictConfig) -> dict:
         result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
+        result["anchor"], replay = anchor_of(cfg, task, splits)
         with record.phase("ttt"):
             trajectory.record(0, model)
-            last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker)
+            last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker, replay)
             trajectory.record(last_step, model)
         result["ttt"] = tracker.means(("ttt/", "ttrl/"))  # TTT diagnostics, averaged over logged steps
         result["timing"]["trajectory_s"] = trajectory.seconds  # part of ttt_s
@@ -201,8 +203,20 @@ def pre_ttt_accuracy(cfg, task, problems, model, base_ref, tokenizer) -> tuple[d
     return metrics, {"id": {"base": base.correct, "start": start.correct}}
 
 
-def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, tracker) -> int:
-    """Train on the id prompts without their labels; returns the number of TTT steps taken."""
+def anchor_of(cfg: DictConfig, task: Task, splits: dict) -> tuple[dict, list[dict]]:
+    """The anchor's resolved weights for result.json, and the rows replay trains on: the very rows the
+    catalyst was trained on (none for regime `none`, where replay is a no-op, noted)."""
+    weight = replay_weight(cfg.ttt)
+    rows = catalyst_rows(cfg.regime.name, splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed) if weight else []
+    info = {"anchor": cfg.ttt.anchor, "beta": kl_beta(cfg.ttt), "replay_weight": weight, "replay_rows": len(rows)}
+    if weight and not rows:
+        info["note"] = f"regime {cfg.regime.name} has no catalyst rows: replay is a no-op"
+    return info, rows
+
+
+def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, tracker, replay=()) -> int:
+    """Train on the id prompts without their labels (GRPO replays `replay` rows when its anchor says
+    so); returns the number of TTT steps taken."""
     signal = SIGNALS.get(cfg.signal.name)
     if signal.trainer is None or cfg.ttt.steps == 0:
         return 0
@@ -214,7 +228,7 @@ def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, 
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
         reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer)
-        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, [hook])
+        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, [hook], replay)
         return cfg.ttt.steps
     return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
 

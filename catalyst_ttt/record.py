@@ -14,13 +14,13 @@ import traceback
 from omegaconf import DictConfig, OmegaConf
 
 from catalyst_ttt.config import cell_id, config_hash, semantic_dict
-from catalyst_ttt.metrics.stability import trajectory_stability
+from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
 from catalyst_ttt.results import RESULT, SAMPLES, CellDir
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import divergence_of
 
-TAGGED_AXES = ("task", "model", "regime", "signal")  # W&B tags, for filtering runs
+TAGGED_AXES = ("task", "model", "regime", "signal", "anchor")  # W&B tags, for filtering runs
 
 
 def axes_of(cfg: DictConfig) -> dict:
@@ -31,6 +31,7 @@ def axes_of(cfg: DictConfig) -> dict:
         "regime": cfg.regime.name,
         "signal": cfg.signal.name,
         "reference": cfg.signal.reference,
+        "anchor": cfg.ttt.anchor,
         "catalyst_n": cfg.catalyst.n,
         "catalyst_steps": cfg.catalyst.steps,
         "base_seed": cfg.base.seed,
@@ -117,10 +118,15 @@ class CellRecord:
         result["metrics"] = {name: r.metrics for name, r in evaluated.items()}
         result["items"]["id"]["final"] = evaluated["id"].correct
         result["items"] |= {name: {"final": r.correct} for name, r in evaluated.items() if name != "id"}
-        result["stab"] = trajectory_stability(trajectory.steps(), trajectory.correct("id")) | {
-            "stab/collapse": result["metrics"]["id"]["samples/collapse"],
-            "stab/diversity": result["metrics"]["id"]["samples/diversity"],
-        }
+        stab = trajectory_stability(trajectory.steps(), trajectory.correct("id"))
+        result["stab"] = (
+            stab
+            | early_warning(stab["stab/collapse_step"], self.tracker.history)
+            | {
+                "stab/collapse": result["metrics"]["id"]["samples/collapse"],
+                "stab/diversity": result["metrics"]["id"]["samples/diversity"],
+            }
+        )
         result["examples"] = {name: r.examples for name, r in evaluated.items()}
 
     def _close(self) -> None:

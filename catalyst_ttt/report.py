@@ -9,6 +9,7 @@ import base64
 import html
 import json
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from catalyst_ttt.config import StabilityConfig  # noqa: E402
+from catalyst_ttt.config import ANCHORS, StabilityConfig  # noqa: E402
 from catalyst_ttt.errors import UserError  # noqa: E402
 from catalyst_ttt.metrics.aggregate import (  # noqa: E402
     ACCESS_CLASSES,
@@ -554,6 +555,101 @@ def summary_table(groups: list[Group], title: str) -> Table:
     return table
 
 
+# -- anchors and the early warning --------------------------------------------------------
+
+
+def anchors_vary(report: Report) -> bool:
+    """The Anchors section is shown only when groups differ by `ttt.anchor`."""
+    return "anchor" in report.varying
+
+
+def _anchors(groups: list[Group]) -> list[str]:
+    present = {str(g.key.get("anchor", "none")) for g in groups}
+    return [a for a in ANCHORS if a in present] + sorted(present - set(ANCHORS))
+
+
+def _by_anchor(report: Report) -> dict[tuple, dict[str, Group]]:
+    """(context without the anchor, regime, signal) -> anchor -> its group, in table order."""
+    context = [axis for axis in report.varying if axis != "anchor"]
+    rows: dict[tuple, dict[str, Group]] = {}
+    for group in ordered(report.groups):
+        if group.key["signal"] == "none":
+            continue
+        row = (*[str(group.key.get(axis, "–"))[:8] for axis in context], group.key["regime"], signal_name(group))
+        rows.setdefault(row, {})[str(group.key.get("anchor", "none"))] = group
+    return rows
+
+
+def anchors_table(report: Report) -> str:
+    """Per signal, each anchor's verdict with the gain (final − start) and its 95% interval."""
+    anchors = _anchors(report.groups)
+    context = [axis for axis in report.varying if axis != "anchor"]
+    header = [*context, "regime", "signal", *(f"anchor {a}" for a in anchors)]
+    rows = [[*row, *(_anchor_cell(groups.get(a)) for a in anchors)] for row, groups in _by_anchor(report).items()]
+    return _markdown_table(header, rows)
+
+
+def _anchor_cell(group: Group | None) -> str:
+    if group is None:
+        return "–"
+    return f"{group.verdict} (gain {fmt(group.stats.get('gain'), signed=True)}; {replicates(group)})"
+
+
+def anchor_sentences(report: Report) -> list[str]:
+    """Which anchor keeps which signal stable, from the verdicts (groups without a verdict are named so)."""
+    out = []
+    for row, groups in _by_anchor(report).items():
+        *context, regime, signal = row
+        place = f"`{regime}`" + (f" ({', '.join(context)})" if context else "")
+        parts = [
+            f"{name} with {', '.join(f'`{a}`' for a in _anchors(list(groups.values())) if groups[a].stable is flag)}"
+            for name, flag in (("stable", True), ("unstable", False), ("without a verdict", None))
+            if any(g.stable is flag for g in groups.values())
+        ]
+        out.append(f"On {place}, `{signal}` is " + "; ".join(parts) + ".")
+    return out
+
+
+def early_warning_table(report: Report) -> str:
+    """Per finished TTT cell: the step accuracy collapsed at, the label-free predictor's step, and the lead."""
+    context = [axis for axis in report.varying if axis != "anchor"]
+    header = [*context, "regime", "signal", "anchor", "base seed", "seed", "collapse step", "predictor step", "lead"]
+    rows = []
+    for group in ordered(report.groups):
+        if group.key["signal"] == "none":
+            continue
+        for cell in sorted(group.cells, key=replicate_of):
+            stab = cell["stab"]
+            values = [stab.get(f"stab/{k}") for k in ("collapse_step", "predictor_step", "warning_lead")]
+            rows.append(
+                [
+                    *[str(group.key.get(axis, "–"))[:8] for axis in context],
+                    group.key["regime"],
+                    signal_name(group),
+                    str(group.key.get("anchor", "none")),
+                    *[str(v) for v in replicate_of(cell)],
+                    *["–" if v is None else str(v) for v in values],
+                ]
+            )
+    return _markdown_table(header, rows) if rows else "No cell trained at test time."
+
+
+def early_warning_summary(report: Report) -> str:
+    """How often the predictor fired before a collapse, by how much, and how often without one."""
+    cells = [c for g in report.groups if g.key["signal"] != "none" for c in g.cells]
+    collapsed = [c["stab"] for c in cells if c["stab"].get("stab/collapse_step") is not None]
+    steady = [c["stab"] for c in cells if c["stab"].get("stab/collapse_step") is None]
+    leads = sorted(s["stab/warning_lead"] for s in collapsed if (s.get("stab/warning_lead") or 0) > 0)
+    alarms = sum(s.get("stab/predictor_step") is not None for s in steady)
+    median = f" (median lead {statistics.median(leads):g} steps)" if leads else ""
+    return (
+        f"The label-free predictor fired before the collapse in {len(leads)} of {len(collapsed)} collapsed "
+        f"cell(s){median}; it fired in {alarms} of {len(steady)} cell(s) that did not collapse (false alarms). "
+        "Lead = collapse step − predictor step; the collapse step is a trajectory evaluation step "
+        "(every `ttt.eval_every` steps), so a lead is known to that resolution."
+    )
+
+
 # -- plots --------------------------------------------------------------------------------
 
 
@@ -931,6 +1027,7 @@ def markdown(report: Report, embed: bool) -> str:
         "",
         f"Stability rule: {describe_rule(report.rule)}.",
         "",
+        *anchors_section(report),
         "## Information gain calibration",
         "",
         *calibration_lines(report),
@@ -954,6 +1051,28 @@ def markdown(report: Report, embed: bool) -> str:
         src = f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" if embed else path.name
         lines += [f"![{name}]({src})", ""]
     return "\n".join(lines)
+
+
+def anchors_section(report: Report) -> list[str]:
+    if not anchors_vary(report):
+        return []
+    return [
+        "## Anchors",
+        "",
+        "Which anchor keeps which signal stable: each anchor's verdict by the stability rule above, with the "
+        "gain (final − start id accuracy) and its 95% interval. Anchors never pool (an anchor is an axis).",
+        "",
+        anchors_table(report),
+        "",
+        *[f"- {s}" for s in anchor_sentences(report)],
+        "",
+        "### Early warning",
+        "",
+        early_warning_summary(report),
+        "",
+        early_warning_table(report),
+        "",
+    ]
 
 
 def to_html(report: Report) -> str:

@@ -46,6 +46,8 @@ class RewardBatch:
     tokenizer: object = None
     gold: list[str] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    memory: dict = field(default_factory=dict)  # per-prompt state kept across the steps of one TTT run
+    temperature: float = 1.0  # TTT's sampling temperature, for signals that sample more completions
 
     def groups(self) -> list[range]:
         return [range(s, s + self.group_size) for s in range(0, len(self.completions), self.group_size)]
@@ -59,6 +61,7 @@ class Signal:
     access: str = "intrinsic"  # its class with the default config
     reads_reference: bool = False  # `signal.reference=gold` makes it read gold answers
     needs_full_verifier: bool = False
+    needs_format_shift: bool = False
     unscored: str = "zero"  # what a completion without an answer gets: "zero" or "group_min"
 
     @property
@@ -93,14 +96,18 @@ class Signal:
 
     def check_task(self, task: Task | type[Task]) -> None:
         """Refuse a task this signal cannot score (before any compute)."""
-        if self.needs_full_verifier and not task.has_full_verifier:
-            from catalyst_ttt.tasks import TASKS
+        from catalyst_ttt.tasks import TASKS
 
-            able = [n for n in TASKS.names() if TASKS.get(n).has_full_verifier]
-            raise UserError(
-                f"signal {self.name} needs a full step verifier, which task {task.name} lacks; "
-                f"tasks with one: {', '.join(able)}"
-            )
+        needs = (
+            (self.needs_full_verifier, "has_full_verifier", "a full step verifier"),
+            (self.needs_format_shift, "has_format_shift", "a format shift of its prompts"),
+        )
+        for needed, capability, what in needs:
+            if needed and not getattr(task, capability):
+                able = [n for n in TASKS.names() if getattr(TASKS.get(n), capability)]
+                raise UserError(
+                    f"signal {self.name} needs {what}, which task {task.name} lacks; tasks with one: {', '.join(able)}"
+                )
 
 
 SIGNALS: Registry[Signal] = Registry("signal")
@@ -118,12 +125,8 @@ def signal(name: str, *, trainer: str | None, access: str = "intrinsic", **field
     return register
 
 
-def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> str | None:
-    """The most common answer under `equal`; None if there is none.
-
-    Each answer joins the first earlier answer it equals, and a vote is named by its first
-    answer; ties go to the vote whose first answer came first.
-    """
+def votes_of(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> list[list[str]]:
+    """The answers grouped into votes: each answer joins the first earlier answer it equals."""
     votes: list[list[str]] = []
     for answer in answers:
         if answer is None:
@@ -133,7 +136,21 @@ def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool]
             votes.append([answer])
         else:
             vote.append(answer)
+    return votes
+
+
+def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> str | None:
+    """The most common answer under `equal`; None if there is none.
+
+    A vote is named by its first answer; ties go to the vote whose first answer came first.
+    """
+    votes = votes_of(answers, equal)
     return max(votes, key=len)[0] if votes else None  # max keeps the first of equals
+
+
+def distinct_answers(answers: list[str | None], task: Task) -> list[str]:
+    """One answer per vote under the task's `answers_equal`, unanswered completions left out."""
+    return [vote[0] for vote in votes_of(answers, task.answers_equal)]
 
 
 def group_majorities(batch: RewardBatch) -> list[str | None]:
@@ -204,6 +221,19 @@ def process(batch, cfg):
     return _valid_step_share(batch, local=True)
 
 
+@signal("majority_x_process", trainer="grpo", access="partial verifier")
+def majority_x_process(batch, cfg):
+    """`majority` gated by `process`: an answer that equals its group's majority earns its share of
+    locally valid steps, any other answer 0.
+
+    Neither a vote won by a broken chain nor a valid chain to a minority answer is rewarded: the
+    vote guards the local check's blind spot (a true chain that does not solve the problem) and the
+    check guards the vote's (a confident wrong consensus written without valid steps).
+    """
+    votes, steps = majority(batch, cfg), _valid_step_share(batch, local=True)
+    return [None if vote is None else vote * share for vote, share in zip(votes, steps)]
+
+
 @signal("verifier", trainer="grpo", access="perfect verifier", needs_full_verifier=True)
 def verifier(batch, cfg):
     """Fraction of fully valid steps: also the prompt's ops in order; an all-valid chain fixes
@@ -225,6 +255,70 @@ def _reference_logprobs(batch: RewardBatch, cfg: SignalConfig) -> list[float | N
     for i, lp in zip(scored, logprobs):
         out[i] = lp
     return out
+
+
+@signal("guarded_majority", trainer="grpo")
+def guarded_majority(batch, cfg):
+    """`majority` with two guards after TTRL-Guard (arXiv 2605.19444): a minority answer earns its votes
+    relative to the majority's instead of 0, and a prompt whose majority answer changed since its last
+    visit is skipped (every completion gets 0, so GRPO makes no update on it).
+
+    Each prompt's last majority is kept in `batch.memory` for one TTT run; a new majority that holds
+    on the next visit is trained on. Votes use the task's `answers_equal`, ties as in `majority`.
+    """
+    last_majority = batch.memory.setdefault("guarded_majority", {})
+    rewards: list[float | None] = []
+    for group in batch.groups():
+        answers = [batch.parsed[i].answer for i in group]
+        votes = votes_of(answers, batch.task.answers_equal)
+        if not votes:
+            rewards += [None] * len(group)
+            continue
+        majority_vote = max(votes, key=len)
+        previous = last_majority.get(batch.prompts[group[0]])
+        flipped = previous is not None and not batch.task.answers_equal(majority_vote[0], previous)
+        last_majority[batch.prompts[group[0]]] = majority_vote[0]
+        for answer in answers:
+            if answer is None:
+                rewards.append(None)
+            elif flipped:
+                rewards.append(0.0)
+            else:
+                vote = next(v for v in votes if batch.task.answers_equal(answer, v[0]))
+                rewards.append(len(vote) / len(majority_vote))
+    return rewards
+
+
+@signal("cross_view", trainer="grpo", needs_format_shift=True)
+def cross_view(batch, cfg):
+    """1 if the answer equals the majority answer the policy gives to a format-shifted view of the same
+    prompt, else 0 (Co-rewarding-I, arXiv 2508.00410): a single view cannot reward itself.
+
+    Per group, the view is the prompt with the task's `shift_format` noise, and `group_size` completions
+    of it are sampled from the policy at TTT's temperature; a view with no answer rewards no completion.
+    """
+    from catalyst_ttt.evaluation import generate  # evaluation's metrics import this module's votes
+
+    views = [batch.task.format_view(batch.prompts[group[0]], batch.rng) for group in batch.groups()]
+    samples = generate(
+        batch.model,
+        batch.tokenizer,
+        views,
+        batch.task.max_completion_chars,
+        samples=batch.group_size,
+        temperature=batch.temperature,
+        seed=batch.rng.randrange(2**31),
+    )
+    rewards: list[float | None] = []
+    for group, completions in zip(batch.groups(), samples):
+        reference = majority_answer([batch.task.parse(c).answer for c in completions], batch.task.answers_equal)
+        rewards += [
+            None
+            if batch.parsed[i].answer is None
+            else float(reference is not None and batch.task.answers_equal(batch.parsed[i].answer, reference))
+            for i in group
+        ]
+    return rewards
 
 
 @signal("verifree", trainer="grpo", reads_reference=True)

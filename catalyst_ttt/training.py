@@ -15,9 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+from catalyst_ttt.anchors import ReplayBatches, ReplayGRPOTrainer, kl_beta, replay_weight
 from catalyst_ttt.config import CellConfig
 from catalyst_ttt.evaluation import generate
-from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, group_majorities
+from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
 from catalyst_ttt.tasks.base import Problem, Task
 
 
@@ -163,6 +164,7 @@ def make_reward_function(
     """
     uses_labels = signal.uses_labels(cfg.signal)
     rng = random.Random(cfg.seed)
+    memory: dict = {}  # per-prompt state a signal keeps across the steps of this TTT run
 
     def reward(prompts, completions, completion_ids, log_metric=None, trainer_state=None, **_):
         parsed = [task.parse(c) for c in completions]
@@ -180,6 +182,8 @@ def make_reward_function(
             tokenizer=tokenizer,
             gold=gold if uses_labels else None,
             rng=rng,
+            memory=memory,
+            temperature=cfg.ttt.temperature,
         )
         rewards = signal.reward(batch, cfg.signal)
         step = trainer_state.global_step if trainer_state is not None else 0
@@ -196,9 +200,12 @@ def make_reward_function(
 
 
 def reward_diagnostics(batch: RewardBatch, rewards: list[float]) -> dict[str, float]:
-    """ttt/frac_zero_std: share of groups whose rewards are all equal (GRPO learns nothing from them)."""
+    """Label-free, per batch. ttt/frac_zero_std: share of groups whose rewards are all equal (GRPO learns
+    nothing from them); ttt/distinct_answers: distinct answers per group (votes use `answers_equal`),
+    the answer diversity the early-warning predictor reads (metrics/stability.predictor_step)."""
     flat = [len({rewards[i] for i in group}) == 1 for group in batch.groups()]
-    return {"ttt/frac_zero_std": sum(flat) / len(flat)}
+    distinct = [len(distinct_answers([batch.parsed[i].answer for i in group], batch.task)) for group in batch.groups()]
+    return {"ttt/frac_zero_std": sum(flat) / len(flat), "ttt/distinct_answers": sum(distinct) / len(distinct)}
 
 
 def ttrl_diagnostics(batch: RewardBatch, gold: list[str], rewards: list[float], task: Task) -> dict[str, float]:
@@ -240,9 +247,20 @@ def grpo(
     cfg: CellConfig,
     max_completion_length: int,
     callbacks: list[TrainerCallback],
+    replay_rows: list[dict] = (),
 ) -> None:
-    """GRPO on unlabeled prompts, training `model` in place (rewards may score with it)."""
+    """GRPO on unlabeled prompts, training `model` in place (rewards may score with it), with the
+    anchor of `ttt.anchor`: a KL to the start checkpoint, and replay of `replay_rows` (anchors.py)."""
     t = cfg.ttt
+    weight = replay_weight(t)
+    replay = (
+        {
+            "replay": ReplayBatches(replay_rows, tokenizer, cfg.catalyst.batch_size, sft_max_length(cfg), cfg.seed),
+            "replay_weight": weight,
+        }
+        if weight and replay_rows
+        else {}
+    )
     with tempfile.TemporaryDirectory() as scratch:
         args = GRPOConfig(
             **_common_args(scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed),
@@ -251,16 +269,18 @@ def grpo(
             temperature=t.temperature,
             top_k=0,
             top_p=1.0,
-            beta=t.beta,
+            beta=kl_beta(t),
+            trust_remote_code=cfg.model.trust_remote_code,  # the KL reference loads like the policy
             lr_scheduler_type="constant",
         )
-        trainer = GRPOTrainer(
+        trainer = (ReplayGRPOTrainer if replay else GRPOTrainer)(
             model=model,
             reward_funcs=[reward_fn],
             args=args,
             processing_class=tokenizer,
             train_dataset=Dataset.from_dict({"prompt": prompts}),
             callbacks=_callbacks(callbacks, "TTT", t.steps),
+            **replay,
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()

@@ -40,7 +40,8 @@ def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
     offline = read_offline_run(Path(result["wandb_dir"]))
     assert offline.run["name"] == result["cell"]
     assert offline.run["group"] == "wb" and offline.run["job_type"] == "majority"
-    assert set(offline.run["tags"]) == {"task:alchemy", "model:tiny", "regime:correct", "signal:majority"}
+    tags = {"task:alchemy", "model:tiny", "regime:correct", "signal:majority", "anchor:none"}
+    assert set(offline.run["tags"]) == tags
     assert offline.config["regime"]["name"] == "correct"
     rewards = offline.series("ttt/reward")
     assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)

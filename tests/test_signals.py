@@ -13,6 +13,7 @@ from catalyst_ttt.config import SignalConfig, compose_cell
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.metrics.accuracy import maj_at_k
 from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
+from catalyst_ttt.tasks.alchemy import Alchemy
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
 from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics
 from helpers.cells import SPLITS, TASK, run
@@ -30,6 +31,7 @@ WRONG_OPS = "shf AB>BA;inc BA>CB#CB"  # every step a true fact chained from AB, 
 ANSWER_ONLY = "#GF"
 GROUP = [GOLD, "###", "", "rot AB>", WRONG_STEP, WRONG_OPS, ANSWER_ONLY]
 SCORED = [0, 4, 5, 6]  # the completions with an answer of the task's form
+NOISE_FREE_TASK = Alchemy(replace(TASK.cfg, noise_chars=0))  # its format view is the prompt itself
 
 
 def batch_of(completions, problems, group_size, model=None, tokenizer=None, gold=None, seed=0, task=TASK):
@@ -119,6 +121,65 @@ def test_process_rewards_local_validity_and_verifier_the_full_check():
     # the wrong ops form a locally valid chain: process pays it in full, the verifier not at all
     assert process == [1.0, 0, 0, 0, 0.5, 1.0, 0.0]
     assert verifier == [1.0, 0, 0, 0, 0.5, 0.0, 0.0]
+
+
+def test_majority_x_process_pays_the_majoritys_valid_step_share_only():
+    # GF wins (GOLD, ANSWER_ONLY): GOLD's chain is valid (1), ANSWER_ONLY has no step (0); FG and CB lose
+    assert SIGNALS.get("majority_x_process").reward(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 0.0]
+    # FG wins: WRONG_STEP pays its one valid step of two; GOLD's valid chain to the minority answer pays 0
+    completions = [WRONG_STEP, "#FG", GOLD, "###"]
+    batch = batch_of(completions, [PROBLEM] * 4, 4)
+    assert SIGNALS.get("majority_x_process").reward(batch, SignalConfig()) == [0.5, 0.0, 0.0, 0.0]
+
+
+def test_guarded_majority_keeps_minorities_and_skips_a_prompt_whose_majority_flipped():
+    guarded = SIGNALS.get("guarded_majority")
+    memory: dict = {}
+    other = TASK.make_problem("CD", ("rot", "rev"))
+
+    def visit(completions, problem=PROBLEM):
+        batch = replace(batch_of(completions, [problem] * len(completions), len(completions)), memory=memory)
+        return guarded.reward(batch, SignalConfig())
+
+    # first visit: GF has 2 votes; FG and CB one each, so half the majority's reward; garbage 0
+    assert visit(GROUP) == [1.0, 0, 0, 0, 0.5, 0.5, 1.0]
+    # the majority flips to FG: the prompt is skipped (every reward equal, so no GRPO update)
+    assert visit(["#FG", "#FG", "#FG", "#GF", "###", "#CB"]) == [0.0] * 6
+    # another prompt keeps its own memory; a garbage-only group changes no memory
+    assert visit(["#AB", "#AB", "#BA"], other) == [1.0, 1.0, 0.5]
+    assert visit(["###", "", "rot AB>"]) == [0.0] * 3
+    # FG holds on the next visit: trained on again, minorities by their votes
+    assert visit(["#FG", "#FG", "#FG", "#GF", "###", "#CB"]) == [1.0, 1.0, 1.0, 1 / 3, 0.0, 1 / 3]
+    assert memory["guarded_majority"] == {PROBLEM.prompt: "FG", other.prompt: "AB"}
+
+
+def test_format_view_adds_the_shift_format_noise_before_the_closing_character():
+    view = TASK.format_view(PROBLEM.prompt, random.Random(0))
+    assert view != PROBLEM.prompt and view.endswith(":") and view.count("_") == TASK.cfg.noise_chars
+    assert view.replace("_", "") == PROBLEM.prompt
+    assert view == TASK.format_view(PROBLEM.prompt, random.Random(0))  # seeded
+
+
+def test_cross_view_rewards_agreement_with_the_policys_answer_to_the_view(taught):
+    """With no noise (the view is the prompt itself) and a near-zero temperature, the view's majority is
+    the policy's greedy answer: the reward is 1 exactly for completions that give that answer."""
+    from catalyst_ttt.evaluation import generate
+
+    model, tokenizer = taught
+    task = NOISE_FREE_TASK
+    greedy = generate(model, tokenizer, [PROBLEM.prompt], task.max_completion_chars)[0][0]
+    answer = task.parse(greedy).answer
+    assert answer is not None  # the taught model writes the format
+    other = next(a for a in ("GF", "FG", "CB") if a != answer)
+    completions = [f"#{answer}", f"#{other}", "###", greedy]
+    batch = replace(batch_of(completions, [PROBLEM] * 4, 4, model, tokenizer, task=task), temperature=1e-4)
+    assert SIGNALS.get("cross_view").reward(batch, SignalConfig()) == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_cross_view_is_refused_on_a_task_without_a_format_shift(gsm8k):
+    _, path = gsm8k
+    with pytest.raises(UserError, match="signal cross_view needs a format shift.*tasks with one: alchemy, arith"):
+        compose_cell(["task=gsm8k", f"task.path={path}", "signal=cross_view"])
 
 
 def test_random_is_bernoulli_on_answered_completions_and_seeded():
@@ -248,8 +309,12 @@ def test_frac_zero_std_and_local_valid_wrong_on_a_hand_made_batch():
     local_valid_wrong_answer = "rot AB>FG;rev FG>GF#AB"
     completions = [GOLD, GOLD, ANSWER_ONLY] + [WRONG_OPS, local_valid_wrong_answer, "###"]
     batch = batch_of(completions, [PROBLEM] * 6, 3)
-    assert reward_diagnostics(batch, [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]) == {"ttt/frac_zero_std": 0.5}
-    assert reward_diagnostics(batch, [1.0, 0.0, 1.0, 0.5, 0.5, 0.5]) == {"ttt/frac_zero_std": 0.5}
+    # distinct answers: {GF} in group one, {CB, AB} in group two ("###" has none)
+    assert reward_diagnostics(batch, [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]) == {
+        "ttt/frac_zero_std": 0.5,
+        "ttt/distinct_answers": 1.5,
+    }
+    assert reward_diagnostics(batch, [1.0, 0.0, 1.0, 0.5, 0.5, 0.5])["ttt/frac_zero_std"] == 0.5
     diagnostics = ttrl_diagnostics(batch, [PROBLEM.answer] * 6, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0], TASK)
     assert diagnostics["ttrl/local_valid_wrong"] == pytest.approx(2 / 6)  # WRONG_OPS and the wrong answer
     assert diagnostics["ttrl/oracle_acc"] == pytest.approx(3 / 6)
@@ -296,7 +361,10 @@ def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="m
     if scramble:  # every gold answer (and trace) replaced by a wrong one
         problems = [replace(p, answer=p.answer[::-1] + "J", steps=("x",)) for p in problems]
     overrides = [f"signal={signal_name}", f"signal.reference={reference}"]
-    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, f"{signal_name}-{scramble}")
+    # The taught model never saw the noise character: it answers no noisy view, so cross_view's reward
+    # would stay 0 and nothing would train. A noise-free view is one it reads; gold access is the same.
+    task = NOISE_FREE_TASK if signal_name == "cross_view" else TASK
+    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, f"{signal_name}-{scramble}", task)
     return {k: v.clone() for k, v in model.state_dict().items()}, trajectory
 
 

@@ -170,7 +170,8 @@ def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path, monkeypatch):
 
 def test_hydra_grammar_range_choice_glob_and_quoted_commas():
     sweep = load_sweep(
-        "smoke", ["seed=range(0,3)", "regime=choice(none,correct)", "signal=glob(ma*)", "wandb.project='a,b'"]
+        "smoke",
+        ["seed=range(0,3)", "regime=choice(none,correct)", "signal=glob(ma*,exclude=*_x_*)", "wandb.project='a,b'"],
     )
     assert sweep.axes["seed"] == ["0", "1", "2"] and sweep.axes["regime"] == ["none", "correct"]
     assert sweep.axes["signal"] == ["majority"]

@@ -28,6 +28,7 @@ from catalyst_ttt.metrics.statistics import (
 )
 
 SEED_AXES = ("seed", "base_seed")
+TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them
 ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
 MARKERS = {"perfect verifier": "‡", "gold": "†"}
 CHANCE = 0.0  # exact-match answers over an open answer space (alchemy, arith, gsm8k): guessing scores ~0
@@ -120,9 +121,7 @@ def group_key(result: dict) -> dict:
 
 def ignition_key(result: dict) -> dict:
     """What fixes the TTT start and its base: the group key without the signal and the TTT settings."""
-    key = {
-        axis: value for axis, value in sorted(result["axes"].items()) if axis not in (*SEED_AXES, "signal", "reference")
-    }
+    key = {axis: value for axis, value in sorted(result["axes"].items()) if axis not in (*SEED_AXES, *TTT_AXES)}
     return key | {"config": design_hash(result.get("config", {}), drop=("signal", "ttt"))}
 
 

@@ -6,6 +6,13 @@ import math
 
 from catalyst_ttt.config import StabilityConfig
 from catalyst_ttt.metrics.statistics import ALPHA, Estimate, PairedTest, format_p
+from catalyst_ttt.tracking import STEP
+
+# The label-free early warning (`predictor_step`): per-step TTT diagnostics it reads, and its rule.
+MAJORITY_RATIO, DISTINCT_ANSWERS = "ttrl/majority_ratio", "ttt/distinct_answers"  # neither reads a label
+PREDICTOR_WINDOW = 3  # logged steps per window
+PREDICTOR_RISE = 0.10  # the majority ratio's rise over the first window, absolute
+PREDICTOR_FALL = 0.25  # the distinct answers' fall below the first window, as a share of it
 
 
 def noise_allowance(accuracy: float, items: int) -> float:
@@ -51,6 +58,39 @@ def trajectory_stability(steps: list[int], correct: list[list[bool]]) -> dict[st
         "stab/flips_w2c": float(w2c),
         "stab/collapse_step": collapse_step,
     }
+
+
+def predictor_step(history: list[dict]) -> int | None:
+    """The first TTT step at which the label-free early warning fires, after URLVR's signs of model
+    collapse (arXiv 2603.08660): answers converge while their diversity shrinks.
+
+    Over the last PREDICTOR_WINDOW logged steps, the mean majority ratio has risen by PREDICTOR_RISE or
+    more above its mean over the first PREDICTOR_WINDOW steps, and the mean number of distinct answers
+    per group has fallen by PREDICTOR_FALL of its first-window mean or more. The two windows never
+    overlap. None if it never fires, or fewer than two windows of steps were logged.
+    """
+    rows = [row for row in history if MAJORITY_RATIO in row and DISTINCT_ANSWERS in row]
+    width = PREDICTOR_WINDOW
+
+    def mean(key: str, window: list[dict]) -> float:
+        return sum(row[key] for row in window) / len(window)
+
+    first = rows[:width]
+    for end in range(2 * width, len(rows) + 1):
+        window = rows[end - width : end]
+        converging = mean(MAJORITY_RATIO, window) >= mean(MAJORITY_RATIO, first) + PREDICTOR_RISE
+        narrowing = mean(DISTINCT_ANSWERS, window) <= (1 - PREDICTOR_FALL) * mean(DISTINCT_ANSWERS, first)
+        if converging and narrowing:
+            return window[-1][STEP]
+    return None
+
+
+def early_warning(collapse_step: int | None, history: list[dict]) -> dict[str, int | None]:
+    """stab/predictor_step, and stab/warning_lead: collapse step minus predictor step (> 0: it warned
+    that many steps before the collapse; None unless both happened)."""
+    fired = predictor_step(history)
+    lead = None if fired is None or collapse_step is None else collapse_step - fired
+    return {"stab/predictor_step": fired, "stab/warning_lead": lead}
 
 
 def stability_reasons(

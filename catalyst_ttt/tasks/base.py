@@ -96,6 +96,8 @@ class Task(abc.ABC):
     # all-valid chain fixes the answer; a task whose step check is only local (gsm8k's calculator)
     # cannot serve the `verifier` signal.
     has_full_verifier: bool = True
+    # Whether `format_view` can shift a prompt as the `shift_format` split does (its cfg has `noise_chars`).
+    has_format_shift: bool = True
 
     @abc.abstractmethod
     def splits(self) -> dict[str, list[Problem]]:
@@ -148,6 +150,11 @@ class Task(abc.ABC):
             previous = step
         missing = 0 if local else max(0, (self.expected_steps(problem) or 0) - len(steps))
         return flags + [False] * missing
+
+    def format_view(self, prompt: str, rng: random.Random) -> str:
+        """The prompt with the `shift_format` split's noise: `noise_chars` noise characters anywhere
+        before its closing character, which stays last where the model expects it."""
+        return insert_noise(prompt[:-1], rng, self.cfg.noise_chars) + prompt[-1:]
 
     def expected_steps(self, problem: Problem) -> int | None:
         """How many steps a full trace has, if the prompt alone tells (None otherwise)."""

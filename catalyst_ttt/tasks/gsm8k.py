@@ -189,6 +189,7 @@ class GSM8K(Task):
     name = "gsm8k"
     config_class = GSM8KConfig
     has_full_verifier = False  # the calculator check cannot tell whether a line is the plan's next step
+    has_format_shift = False  # no shift_format split: its prompts carry no noise setting
 
     def __init__(self, cfg: GSM8KConfig):
         self.cfg = cfg

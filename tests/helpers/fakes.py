@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from catalyst_ttt.config import NON_SEMANTIC, config_hash
-from catalyst_ttt.metrics.stability import trajectory_stability
+from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
 from catalyst_ttt.results import TRAJECTORY, write_json
 
 RULE = {"max_drop": 0.05, "max_drawdown": 0.1, "max_seed_std": 0.1, "max_collapse": 0.25}
@@ -45,13 +45,16 @@ def fake_result(
     task: str = "alchemy",
     catalyst_n: int = 256,
     access: str | None = None,
+    anchor: str = "none",
+    ttt_log: list[dict] = (),
     config: dict | None = None,
     probes: dict | None = None,
 ) -> dict:
     """One cell. Item lists: the first round(acc * items) items are right in every arm, so accuracies are
     exact and every discordant pair points one way. `trajectory`: accuracies at steps 0, 5, 10, ...
-    (default: start then final at the last step); stab/* is computed from it on `trajectory_items` items.
-    `config` overrides keys of the config (e.g. {"ttt": {"steps": 1}})."""
+    (default: start then final at the last step); stab/* is computed from it on `trajectory_items` items,
+    the early warning from `ttt_log` (the tracker's per-step rows). `config` overrides keys of the config
+    (e.g. {"ttt": {"steps": 1}})."""
     cfg = _merge(
         {
             "task": {"name": task},
@@ -60,7 +63,7 @@ def fake_result(
             "signal": {"name": signal, "reference": "majority"},
             "base": {"seed": base_seed, "steps": 2250},
             "catalyst": {"n": catalyst_n, "steps": 160},
-            "ttt": {"steps": 20, "prompts_per_step": 4, "eval_every": 5},
+            "ttt": {"steps": 20, "prompts_per_step": 4, "eval_every": 5, "anchor": anchor},
             "eval": {"trajectory_size": trajectory_items, "trajectory": True, "max_per_split": items},
             "metrics": {"stability": dict(RULE)},
             "seed": seed,
@@ -80,6 +83,7 @@ def fake_result(
     curve = trajectory or [start, final]
     steps = [i * cfg["ttt"]["eval_every"] for i in range(len(curve) - 1)] + [cfg["ttt"]["steps"]]
     rows = [correct_items(a, trajectory_items) for a in curve]
+    stab = trajectory_stability(steps, [[bool(x) for x in row] for row in rows])
     split_metrics = {
         "acc/greedy": accuracy["final"],
         "process/step_validity": step_validity[1],
@@ -100,6 +104,7 @@ def fake_result(
             "regime": regime,
             "signal": signal,
             "reference": "majority",
+            "anchor": anchor,
             "seed": seed,
             "base_seed": base_seed,
             "catalyst_n": catalyst_n,
@@ -118,7 +123,8 @@ def fake_result(
             "shift_length": {"final": list(arms["final"])},
         },
         "metrics": {"id": split_metrics, "heldout": dict(split_metrics), "shift_length": dict(split_metrics)},
-        "stab": trajectory_stability(steps, [[bool(x) for x in row] for row in rows])
+        "stab": stab
+        | early_warning(stab["stab/collapse_step"], list(ttt_log))
         | {"stab/collapse": collapse, "stab/diversity": 1.0},
         "ig": {"ig/total": ig},
         # the reader's calibration row: gold traces informative, corruptions less so

@@ -21,8 +21,11 @@ QUICK_TTT = [
 ]
 
 
-def train_on(model, tokenizer, problems, overrides: list[str], directory: Path, name: str = "ttt") -> Trajectory:
-    """Run `train_at_test_time` on `model` in place; returns the recorded trajectory."""
+def train_on(
+    model, tokenizer, problems, overrides: list[str], directory: Path, name: str = "ttt", task=TASK
+) -> Trajectory:
+    """Run `train_at_test_time` on `model` in place (on `task`, by default the tiny alchemy); returns the
+    recorded trajectory."""
     cfg = compose_cell([*QUICK_TTT, *overrides])
     store = CellDir(directory, "ttt", name)
     store.start("")
@@ -30,7 +33,7 @@ def train_on(model, tokenizer, problems, overrides: list[str], directory: Path, 
         mode="disabled", project="", entity=None, group="", job_type="", name="", config={}, directory=directory
     )
     trajectory = Trajectory(
-        TASK, {"id": problems, "heldout": SPLITS["heldout"]}, cfg.eval, cfg.seed, tokenizer, tracker, store
+        task, {"id": problems, "heldout": SPLITS["heldout"]}, cfg.eval, cfg.seed, tokenizer, tracker, store
     )
-    train_at_test_time(cfg, TASK, problems, model, tokenizer, trajectory, tracker)
+    train_at_test_time(cfg, task, problems, model, tokenizer, trajectory, tracker)
     return trajectory

@@ -66,6 +66,14 @@ def read_offline_run(path: str | Path, timeout: float = 120.0) -> OfflineRun:
         elif kind == "run":
             run = record["run"]
             out.config |= run.get("config", {}).get("update", {})
-            out.run = {k: run.get(f) for k, f in (("name", "display_name"), ("group", "run_group"),
-                                                   ("job_type", "job_type"), ("id", "run_id"), ("tags", "tags"))}
+            out.run = {
+                k: run.get(f)
+                for k, f in (
+                    ("name", "display_name"),
+                    ("group", "run_group"),
+                    ("job_type", "job_type"),
+                    ("id", "run_id"),
+                    ("tags", "tags"),
+                )
+            }
     return out
