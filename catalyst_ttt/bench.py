@@ -286,7 +286,6 @@ def bare_trl_seconds() -> dict[str, float]:
                 lr_scheduler_type="cosine",
                 warmup_steps=steps // 10,
                 max_length=cfg.model.max_positions,
-                train_sampling_strategy="group_by_length",
                 seed=seed,
                 **common,
             )

@@ -138,8 +138,6 @@ def sft(
             lr_scheduler_type=schedule,
             warmup_steps=min(100, steps // 10),
             max_length=max_length,
-            # Rows of similar length share a batch: padding was 43% of the base corpus's tokens.
-            train_sampling_strategy="group_by_length",
         )
         trainer = SFTTrainer(
             model=model,
