@@ -70,7 +70,7 @@ class SignalConfig:
 class BaseConfig:
     """Pretraining of the tiny model from scratch; ignored for `model=hf`."""
 
-    steps: int = 2250
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
