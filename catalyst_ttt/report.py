@@ -318,6 +318,8 @@ def _design_facts(results: list[dict]) -> str:
     if n_id:
         split_items = ", ".join(f"{split} {n}" for split, n in sorted(items.items()))
         epochs = f"{steps * prompts / n_id:.2f} (ttt.steps {steps} × ttt.prompts_per_step {prompts} / |id| {n_id})"
+        if config.get("signal", {}).get("name") == "none":
+            epochs = "0 (signal none: no TTT)"
         trajectory = min(trajectory or 0, n_id)
     else:
         split_items = epochs = "unknown (no per-item results)"
@@ -346,15 +348,16 @@ def disclosure(report: Report) -> list[str]:
     for group in report.groups:
         if group.key["signal"] != "none":
             access[group.access].add(group.key["signal"])
-    lines.append(
-        "Signal access: "
-        + "; ".join(
-            f"{cls}{' ' + MARKERS[cls] if cls in MARKERS else ''}: {', '.join(sorted(access[cls]))}"
-            for cls in ACCESS_CLASSES
-            if access.get(cls)
+    if access:
+        lines.append(
+            "Signal access: "
+            + "; ".join(
+                f"{cls}{' ' + MARKERS[cls] if cls in MARKERS else ''}: {', '.join(sorted(access[cls]))}"
+                for cls in ACCESS_CLASSES
+                if access.get(cls)
+            )
+            + ". Signals marked † read gold labels and ‡ use a perfect verifier: ceilings, not test-time methods."
         )
-        + ". Signals marked † read gold labels and ‡ use a perfect verifier: ceilings, not test-time methods."
-    )
     return lines
 
 

@@ -224,6 +224,7 @@ def aggregate(results: list[dict], rule: StabilityConfig) -> list[Group]:
 
 
 def _estimate(group: Group, shifts: list[str]) -> None:
+    group.cells.sort(key=replicate_of)  # a bootstrap draw depends on the replicates' order: one order everywhere
     readouts = READOUTS | {
         s: (_arm(s, "final", lambda r, s=s: r["metrics"][s]["acc/greedy"]), ACCURACY) for s in shifts
     }
