@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -19,10 +19,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from catalyst_ttt.anchors import check_anchor
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.regimes import REGIMES
+from catalyst_ttt.schema import (
+    CellConfig,
+    StabilityConfig,
+)
+from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.tasks import TASKS
+from catalyst_ttt.tasks.base import TRAINING_SPLITS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -37,151 +46,13 @@ CONF_DIR = shipped_dir("conf")
 GROUPS = ("task", "regime", "signal", "model")
 
 
-@dataclass
-class ModelConfig:
-    kind: str = "tiny"  # tiny | hf
-    # tiny
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_positions: int = 192
-    # hf
-    name_or_path: str | None = None
-    trust_remote_code: bool = False  # run the model repository's own Python code: only for sources you trust
-    allow_pickle: bool = False  # also load PyTorch pickle weights (.bin), which can run code; default safetensors
-
-
-@dataclass
-class RegimeConfig:
-    name: str = "correct"
-    match_steps: bool = True  # swapped: borrow a trace with the same number of steps
-
-
-@dataclass
-class SignalConfig:
-    name: str = "majority"
-    reference: str = "majority"  # verifree/predictive: majority (label-free) | gold (oracle analysis)
-    samples: int = 8  # self_sft: completions sampled per prompt and round
-    rounds: int = 2  # self_sft: generate -> filter -> train rounds
-
-
-@dataclass
-class BaseConfig:
-    """Pretraining of the tiny model from scratch; ignored for `model=hf`."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
-
-
-@dataclass
-class CatalystConfig:
-    n: int = 256  # rows: a seeded sample of the `train` pool, up to all of it
-    steps: int = 160
-    batch_size: int = 32
-    lr: float = 2e-3
-    # Stechly et al.'s protocol: SFT a freshly initialised tiny model (init seed base.seed) on the rows
-    # alone, with no base pretraining; the base still serves as the `none` reference of ignition.
-    from_scratch: bool = False
-
-
-ANCHORS = ("none", "kl", "replay", "kl+replay")  # `ttt.anchor`: what ties TTT to its start (anchors.py)
-
-
-@dataclass
-class TTTConfig:
-    steps: int = 20
-    prompts_per_step: int = 4
-    num_generations: int = 8
-    lr: float = 1e-4
-    anchor: str = "none"  # one of ANCHORS
-    beta: float | None = None  # KL weight of anchor kl; unset: anchors.DEFAULT_BETA
-    replay_weight: float | None = None  # weight of the catalyst-replay NLL of anchor replay; unset: the default
-    temperature: float = 1.0
-    eval_every: int = 5
-
-
-@dataclass
-class EvalConfig:
-    k: int = 4  # mean@k, maj@k, pass@k
-    samples: int = 8  # n samples per prompt (n > k) behind the unbiased pass@k and maj@k estimates
-    temperature: float = 1.0
-    batch_size: int = 128  # sequences per generate call: larger batches wait longer on their slowest row
-    max_per_split: int | None = None  # None: every item of every split
-    # Greedy accuracy covers every split; mean/maj/pass@k and agreement are sampled on these only
-    # (stability reads id's samples; each sampled split costs `samples` generations per item).
-    sampled_splits: list[str] = field(default_factory=lambda: ["id"])
-    trajectory_size: int = 32  # items of id and of heldout evaluated every eval_every steps
-    trajectory: bool = True
-
-
-@dataclass
-class StabilityConfig:
-    """The rule that calls a cell stable (DESIGN.md, Metrics)."""
-
-    max_drop: float = 0.05  # final may sit this far below start (noise)
-    max_drawdown: float = 0.10
-    max_seed_std: float = 0.10
-    max_collapse: float = 0.25
-
-
-@dataclass
-class IGConfig:
-    """Information gain under a fixed reader: the base SFT'd once on the task's `reader` pool."""
-
-    enabled: bool = True
-    scorer: str | None = None  # a checkpoint directory to score with instead of the reader
-    max_items: int | None = None  # None: every id item
-    reader_steps: int = 320
-    reader_batch_size: int = 32
-    reader_lr: float = 2e-3
-
-
-@dataclass
-class ProbesConfig:
-    """Forward-pass probes of the catalyst checkpoint (metrics/probes.py, docs/metrics.md)."""
-
-    enabled: bool = True
-    atomic_items: int = 128  # held-out single-op items behind skill retention
-
-
-@dataclass
-class MetricsConfig:
-    ig: IGConfig = field(default_factory=IGConfig)
-    probes: ProbesConfig = field(default_factory=ProbesConfig)
-    stability: StabilityConfig = field(default_factory=StabilityConfig)
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "catalyst-ttt"
-    entity: str | None = None
-
-
-@dataclass
-class CellConfig:
-    task: Any = MISSING
-    regime: RegimeConfig = MISSING
-    signal: SignalConfig = MISSING
-    model: ModelConfig = MISSING
-    base: BaseConfig = field(default_factory=BaseConfig)
-    catalyst: CatalystConfig = field(default_factory=CatalystConfig)
-    ttt: TTTConfig = field(default_factory=TTTConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = all cores
-    sweep: str = "single"
-    runs_dir: str = "runs"
-    cache_dir: str = "cache"
-    lock_timeout: float = 14400.0  # seconds to wait for a lock another process holds (a cell, a checkpoint)
-
-
 ConfigStore.instance().store(name="cell_schema", node=CellConfig)
+SCHEMA_SUFFIX = "_schema"
+# Each task's dataclass is the schema of its YAML (`defaults: [<task>_schema]`): defaults live in one place.
+for _name in TASKS.names():
+    ConfigStore.instance().store(
+        group="task", name=f"{_name}{SCHEMA_SUFFIX}", node={"name": _name, **asdict(TASKS.get(_name).config_class())}
+    )
 
 # Keys that place or report a cell but do not change what it computes.
 NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "lock_timeout")
@@ -233,7 +104,8 @@ def _missing_option_message(err: MissingConfigException) -> str:
     missing = (err.missing_cfg_file or "").lstrip("/")
     group, _, name = missing.rpartition("/")
     if group in GROUPS:
-        options = err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = [o for o in err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))]
+        options = [o for o in options if not o.endswith(SCHEMA_SUFFIX)]
         return f"unknown {group} {name!r}; valid: {', '.join(options)}"
     return _first_line(err)
 
@@ -260,10 +132,6 @@ def _first_line(err: Exception) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Checks Hydra's types cannot express: registry names, keys added with `+`, ranges, sizes."""
-    from catalyst_ttt.anchors import check_anchor
-    from catalyst_ttt.regimes import REGIMES
-    from catalyst_ttt.signals import SIGNALS
-
     _check_known_keys(cfg, CellConfig, "")
     check_name(cfg.sweep, "sweep")
     task = build_task(cfg)  # loads and checks the task's data, if it has any
@@ -302,8 +170,6 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_sampled_splits(names, task) -> None:
-    from catalyst_ttt.tasks.base import TRAINING_SPLITS
-
     valid = [name for name in task.splits() if name not in TRAINING_SPLITS]
     unknown = [name for name in names if name not in valid]
     if unknown or "id" not in names:
@@ -396,8 +262,6 @@ def _check_task_values(task_cfg) -> None:
 
 def check_sizes(cfg: DictConfig, task) -> None:
     """No phase is silently skipped or shortened: refuse, before compute, splits it could not use."""
-    from catalyst_ttt.signals import SIGNALS
-
     sizes = split_sizes(task)
     listing = ", ".join(f"{k}={v}" for k, v in sizes.items())
     unused = {"train"} if cfg.regime.name == "none" else set()
@@ -484,15 +348,11 @@ def check_model_reference(reference: str | None, key: str) -> None:
 
 
 def build_task(cfg: DictConfig):
-    from catalyst_ttt.tasks import TASKS
-
     return TASKS.get(cfg.task.name)(typed_task_config(cfg))
 
 
 def typed_task_config(cfg: DictConfig):
     """The task node as its dataclass; unknown keys and wrong types are user errors."""
-    from catalyst_ttt.tasks import TASKS
-
     schema = OmegaConf.structured(TASKS.get(cfg.task.name).config_class)
     node = OmegaConf.masked_copy(cfg.task, [k for k in cfg.task if k != "name"])
     try:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from catalyst_ttt.config import EvalConfig
 from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.process import process_item
 from catalyst_ttt.results import TRAJECTORY
+from catalyst_ttt.schema import EvalConfig
 from catalyst_ttt.tasks.base import Problem, Task
 
 

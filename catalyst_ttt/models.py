@@ -18,8 +18,8 @@ from transformers import (
 )
 
 from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.config import ModelConfig
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.schema import ModelConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARACTERS = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")

@@ -6,8 +6,8 @@ import random
 from collections import defaultdict
 from typing import Callable
 
-from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.registry import Registry
+from catalyst_ttt.schema import RegimeConfig
 from catalyst_ttt.tasks.base import Problem, Task
 
 Regime = Callable[[list[Problem], Task, RegimeConfig, int], list[dict]]

@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from catalyst_ttt.config import ANCHORS, StabilityConfig  # noqa: E402
 from catalyst_ttt.errors import UserError  # noqa: E402
 from catalyst_ttt.metrics.aggregate import (  # noqa: E402
     ACCESS_CLASSES,
@@ -43,6 +42,7 @@ from catalyst_ttt.metrics.stability import describe_rule  # noqa: E402
 from catalyst_ttt.metrics.statistics import NO_INTERVAL, Estimate, format_p  # noqa: E402
 from catalyst_ttt.regimes import CALIBRATION_REGIMES  # noqa: E402
 from catalyst_ttt.results import GRID, TRAJECTORY, read_json, read_store, sweep_dir, write_atomic  # noqa: E402
+from catalyst_ttt.schema import ANCHORS, StabilityConfig  # noqa: E402
 
 TRAP_DROP = 0.05  # process validity or IG "fell" when lower than at the start by more than this
 NO_TTT_CLASS = "no TTT"

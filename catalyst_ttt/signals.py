@@ -20,11 +20,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from catalyst_ttt.config import SignalConfig
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.registry import Registry
-from catalyst_ttt.scoring import completion_token_stats, continuation_logprobs
-from catalyst_ttt.tasks.base import Parsed, Problem, Task
+from catalyst_ttt.schema import SignalConfig
+from catalyst_ttt.tasks.base import TASKS, Parsed, Problem, Task
 
 # What a signal reads, from least to most: the policy alone; a step checker that cannot tell
 # whether the chain solves the problem; a step checker whose all-valid chain fixes the answer;
@@ -96,8 +95,6 @@ class Signal:
 
     def check_task(self, task: Task | type[Task]) -> None:
         """Refuse a task this signal cannot score (before any compute)."""
-        from catalyst_ttt.tasks import TASKS
-
         needs = (
             (self.needs_full_verifier, "has_full_verifier", "a full step verifier"),
             (self.needs_format_shift, "has_format_shift", "a format shift of its prompts"),
@@ -250,6 +247,8 @@ def _reference_logprobs(batch: RewardBatch, cfg: SignalConfig) -> list[float | N
     refs = references(batch, cfg)
     scored = [i for i, r in enumerate(refs) if r is not None and batch.parsed[i].answer is not None]
     contexts = [batch.prompts[i] + batch.task.render(batch.parsed[i].steps, "") for i in scored]
+    from catalyst_ttt.scoring import continuation_logprobs  # torch: loaded when a model scores, not by configs
+
     logprobs = continuation_logprobs(batch.model, batch.tokenizer, contexts, [refs[i] for i in scored])
     out: list[float | None] = [None] * len(refs)
     for i, lp in zip(scored, logprobs):
@@ -352,6 +351,8 @@ def predictive(batch, cfg):
 def _token_stats(batch: RewardBatch):
     """(mean token entropy, mean KL(uniform || p)) over each answered completion's tokens; None otherwise."""
     scored = [i for i, p in enumerate(batch.parsed) if p.answer is not None]
+    from catalyst_ttt.scoring import completion_token_stats  # torch: loaded when a model scores, not by configs
+
     entropy, certainty = completion_token_stats(
         batch.model, batch.tokenizer, [batch.prompts[i] for i in scored], [batch.completion_ids[i] for i in scored]
     )

@@ -15,9 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from catalyst_ttt.anchors import ReplayBatches, ReplayGRPOTrainer, kl_beta, replay_weight
-from catalyst_ttt.config import CellConfig
+from catalyst_ttt.anchors import kl_beta, replay_weight
 from catalyst_ttt.evaluation import generate
+from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
 from catalyst_ttt.tasks.base import Problem, Task
 
@@ -355,3 +355,62 @@ def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig
                 callbacks=[hook],
             )
     return per_round * cfg.signal.rounds
+
+
+class ReplayBatches:
+    """The catalyst's prompt/completion rows as padded batches, in a seeded order, cycling forever.
+
+    Like the catalyst's SFT (TRL's prompt/completion default): the loss covers the completion and its
+    end-of-sequence token only; a row is cut to `max_length` tokens.
+    """
+
+    def __init__(self, rows: list[dict], tokenizer, batch_size: int, max_length: int, seed: int):
+        self.examples = []
+        for row in rows:
+            prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+            ids = (prompt + completion + [tokenizer.eos_token_id])[:max_length]
+            labels = ([-100] * len(prompt) + completion + [tokenizer.eos_token_id])[:max_length]
+            self.examples.append((ids, labels))
+        self.batch_size, self.pad = min(batch_size, len(self.examples)), tokenizer.pad_token_id
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def next(self, device) -> dict[str, torch.Tensor]:
+        picked = []
+        while len(picked) < self.batch_size:
+            if not self.order:
+                self.order = self.rng.sample(range(len(self.examples)), len(self.examples))
+            picked.append(self.examples[self.order.pop()])
+        width = max(len(ids) for ids, _ in picked)
+        ids = [ids + [self.pad] * (width - len(ids)) for ids, _ in picked]
+        labels = [labels + [-100] * (width - len(labels)) for _, labels in picked]
+        mask = [[1] * len(i) + [0] * (width - len(i)) for i, _ in picked]
+        return {
+            "input_ids": torch.tensor(ids, device=device),
+            "attention_mask": torch.tensor(mask, device=device),
+            "labels": torch.tensor(labels, device=device),
+        }
+
+
+class ReplayGRPOTrainer(GRPOTrainer):
+    """GRPO whose every step also minimises `weight` x the mean token NLL of a batch of catalyst rows.
+
+    Why an auxiliary loss per step rather than interleaved SFT steps: both losses then move the same
+    optimizer step under the same learning rate and schedule, TTT keeps its step count (trajectories
+    and collapse steps stay comparable across anchors), and no second trainer (with its own optimizer
+    state) runs between GRPO steps.
+    """
+
+    def __init__(self, *args, replay: ReplayBatches, replay_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.replay, self.replay_weight = replay, replay_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.model.training:
+            return loss
+        nll = model(**self.replay.next(loss.device)).loss
+        self._metrics["train"]["replay_nll"].append(nll.item())
+        # GRPO's loss is already divided for gradient accumulation (TRL scales its own aux loss the same way)
+        return loss + self.replay_weight * nll / self.current_gradient_accumulation_steps

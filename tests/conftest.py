@@ -10,9 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from datasets import Dataset  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from catalyst_ttt.config import ModelConfig  # noqa: E402
 from catalyst_ttt.models import char_tokenizer, new_tiny_model  # noqa: E402
 from catalyst_ttt.regimes import REGIMES  # noqa: E402
+from catalyst_ttt.schema import ModelConfig  # noqa: E402
 from catalyst_ttt.training import sft  # noqa: E402
 from helpers.cells import SMOKE, SPLITS, TASK  # noqa: E402
 

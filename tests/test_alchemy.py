@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.regimes import REGIMES
+from catalyst_ttt.schema import RegimeConfig
 from catalyst_ttt.tasks.alchemy import OPS, Alchemy, AlchemyConfig, apply_op, format_step, parse_step, true_fact
 
 

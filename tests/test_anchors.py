@@ -7,14 +7,14 @@ import re
 import pytest
 import torch
 
-from catalyst_ttt.anchors import DEFAULT_BETA, DEFAULT_REPLAY_WEIGHT, ReplayBatches, kl_beta, replay_weight
+from catalyst_ttt.anchors import DEFAULT_BETA, DEFAULT_REPLAY_WEIGHT, kl_beta, replay_weight
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.metrics.stability import early_warning, predictor_step
 from catalyst_ttt.models import load_pretrained, save_checkpoint
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.signals import SIGNALS
-from catalyst_ttt.training import StepHook, grpo, make_reward_function
+from catalyst_ttt.training import ReplayBatches, StepHook, grpo, make_reward_function
 from helpers.cells import SPLITS, TASK, run
 from helpers.ttt import QUICK_TTT
 

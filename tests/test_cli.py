@@ -68,3 +68,24 @@ def test_the_wheel_ships_conf_and_sweeps(tmp_path):
     shipped |= {f"catalyst_ttt/{p.relative_to(ROOT).as_posix()}" for p in ROOT.glob("sweeps/*.yaml")}
     assert shipped and shipped <= names
     assert "catalyst_ttt/conf/task/alchemy.yaml" in names and "catalyst_ttt/sweeps/default.yaml" in names
+
+
+def test_composing_and_validating_a_config_imports_no_torch():
+    """Configs compose in a fresh interpreter without torch, transformers or TRL (a cheap `--cfg job`)."""
+    probe = (
+        "import sys; from catalyst_ttt.config import compose_cell; "
+        "compose_cell(['signal=verifree', 'ttt.anchor=kl+replay', 'task=arith']); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_no_group_yaml_repeats_a_default_of_its_schema():
+    """One home per default: a group's YAML names its option (and extends the schema); values live in
+    the dataclasses (schema.py, each task's config class)."""
+    for path in sorted(CONF_DIR.glob("*/*.yaml")):
+        if path.parent.name == "hydra":
+            continue
+        keys = set(yaml.safe_load(path.read_text()) or {}) - {"defaults", "name", "kind"}
+        assert not keys, f"{path.relative_to(CONF_DIR)} repeats {sorted(keys)}"

@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 
-from catalyst_ttt.config import StabilityConfig
 from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.aggregate import aggregate
 from catalyst_ttt.metrics.information_gain import information_gain
@@ -24,6 +23,7 @@ from catalyst_ttt.metrics.statistics import (
     mcnemar,
     variance_components,
 )
+from catalyst_ttt.schema import StabilityConfig
 from helpers.cells import SPLITS, TASK
 from helpers.fakes import fake_result
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.regimes import REGIMES, catalyst_rows
+from catalyst_ttt.schema import RegimeConfig
 from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig
 from catalyst_ttt.tasks.alchemy import true_fact as alchemy_true_fact
 from catalyst_ttt.tasks.arith import Arith, ArithConfig, column_steps

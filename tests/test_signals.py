@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import TrainerState
 
-from catalyst_ttt.config import SignalConfig, compose_cell
+from catalyst_ttt.config import compose_cell
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.metrics.accuracy import maj_at_k
+from catalyst_ttt.schema import SignalConfig
 from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
 from catalyst_ttt.tasks.alchemy import Alchemy
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig

@@ -11,7 +11,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from catalyst_ttt.config import NON_SEMANTIC, StabilityConfig, config_hash
+from catalyst_ttt.config import NON_SEMANTIC, config_hash
 from catalyst_ttt.metrics.stability import stability_reasons
 from catalyst_ttt.metrics.statistics import (
     ACCURACY,
@@ -26,6 +26,7 @@ from catalyst_ttt.metrics.statistics import (
     mcnemar,
     variance_components,
 )
+from catalyst_ttt.schema import StabilityConfig
 
 SEED_AXES = ("seed", "base_seed")
 TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from catalyst_ttt.config import RegimeConfig
 from catalyst_ttt.evaluation import generate
 from catalyst_ttt.models import load_pretrained
 from catalyst_ttt.regimes import REGIMES
+from catalyst_ttt.schema import RegimeConfig
 from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task
 
 # Trace kind -> the regime that writes it (None: the problem's own gold trace). Default regime settings

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from catalyst_ttt.config import StabilityConfig
 from catalyst_ttt.metrics.statistics import ALPHA, Estimate, PairedTest, format_p
+from catalyst_ttt.schema import StabilityConfig
 from catalyst_ttt.tracking import STEP
 
 # The label-free early warning (`predictor_step`): per-step TTT diagnostics it reads, and its rule.

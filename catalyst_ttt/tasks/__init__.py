@@ -1,7 +1,6 @@
-"""The task registry; importing this package registers every task."""
+"""Problem families; importing this package registers every task in `TASKS`."""
 
-from catalyst_ttt.registry import Registry
+from catalyst_ttt.tasks import alchemy, arith, gsm8k  # noqa: F401  (registers)
+from catalyst_ttt.tasks.base import TASKS
 
-TASKS: Registry = Registry("task")
-
-from catalyst_ttt.tasks import alchemy, arith, gsm8k  # noqa: E402,F401  (registers)
+__all__ = ["TASKS"]

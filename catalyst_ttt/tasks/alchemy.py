@@ -11,8 +11,8 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task, insert_noise, sample_unique
+from catalyst_ttt.errors import UserError
+from catalyst_ttt.tasks.base import TASKS, AtomicProbe, Problem, Task, insert_noise, sample_unique
 
 
 def _shift_letters(element: str, by: int, alphabet_size: int) -> str:
@@ -88,8 +88,6 @@ class Alchemy(Task):
         self.cfg = cfg
         unknown = sorted(set(cfg.ops) - set(OPS))
         if unknown:
-            from catalyst_ttt.errors import UserError
-
             raise UserError(f"task.ops has unknown ops {unknown}; valid: {', '.join(OPS)}")
         longest = max(cfg.max_ops, cfg.shift_steps)
         step_chars = len("rot ") + 2 * max(cfg.length, cfg.shift_length) + 2
@@ -105,8 +103,6 @@ class Alchemy(Task):
         # Catalyst, TTT and in-distribution eval: compositions the base has never seen answered.
         self.task_compositions = sorted(seen[cut:])
         if not self.task_compositions:
-            from catalyst_ttt.errors import UserError
-
             raise UserError(
                 f"task.answer_only_frac={cfg.answer_only_frac} leaves no composition for the task splits "
                 f"({len(seen)} seen multi-op compositions); use a smaller fraction or a larger task.max_ops"

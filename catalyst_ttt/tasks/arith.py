@@ -11,8 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task, insert_noise, sample_unique
+from catalyst_ttt.tasks.base import TASKS, AtomicProbe, Problem, Task, insert_noise, sample_unique
 
 
 @dataclass

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.registry import Registry
 
 # The default completion format: steps separated by STEP_SEP, then ANSWER_MARK and the answer.
 STEP_SEP = ";"
@@ -14,6 +15,9 @@ ANSWER_MARK = "#"
 NOISE_CHAR = "_"  # inserted into prompts for the `shift_format` split (DataAlchemy's format shift)
 # Pools that are trained on and never evaluated: the catalyst's rows and the IG reader's traces.
 TRAINING_SPLITS = ("train", "reader")
+
+
+TASKS: Registry = Registry("task")  # filled by @TASKS.register in each task module
 
 
 def insert_noise(text: str, rng: random.Random, count: int) -> str:

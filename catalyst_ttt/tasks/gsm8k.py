@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.tasks import TASKS
-from catalyst_ttt.tasks.base import TRAINING_SPLITS, Parsed, Problem, Task
+from catalyst_ttt.tasks.base import TASKS, TRAINING_SPLITS, Parsed, Problem, Task
 
 FINAL = "####"
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")

@@ -1,0 +1,156 @@
+"""The schema of a cell's configuration: one dataclass per config group and key family.
+
+Every default lives here (or in a task's own config dataclass); `conf/` YAMLs name the option and
+extend these. Nothing in the package is imported here, so any module may import the schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny"  # tiny | hf
+    # tiny
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_positions: int = 192
+    # hf
+    name_or_path: str | None = None
+    trust_remote_code: bool = False  # run the model repository's own Python code: only for sources you trust
+    allow_pickle: bool = False  # also load PyTorch pickle weights (.bin), which can run code; default safetensors
+
+
+@dataclass
+class RegimeConfig:
+    name: str = "correct"
+    match_steps: bool = True  # swapped: borrow a trace with the same number of steps
+
+
+@dataclass
+class SignalConfig:
+    name: str = "majority"
+    reference: str = "majority"  # verifree/predictive: majority (label-free) | gold (oracle analysis)
+    samples: int = 8  # self_sft: completions sampled per prompt and round
+    rounds: int = 2  # self_sft: generate -> filter -> train rounds
+
+
+@dataclass
+class BaseConfig:
+    """Pretraining of the tiny model from scratch; ignored for `model=hf`."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+
+
+@dataclass
+class CatalystConfig:
+    n: int = 256  # rows: a seeded sample of the `train` pool, up to all of it
+    steps: int = 160
+    batch_size: int = 32
+    lr: float = 2e-3
+    # Stechly et al.'s protocol: SFT a freshly initialised tiny model (init seed base.seed) on the rows
+    # alone, with no base pretraining; the base still serves as the `none` reference of ignition.
+    from_scratch: bool = False
+
+
+ANCHORS = ("none", "kl", "replay", "kl+replay")  # `ttt.anchor`: what ties TTT to its start (anchors.py)
+
+
+@dataclass
+class TTTConfig:
+    steps: int = 20
+    prompts_per_step: int = 4
+    num_generations: int = 8
+    lr: float = 1e-4
+    anchor: str = "none"  # one of ANCHORS
+    beta: float | None = None  # KL weight of anchor kl; unset: anchors.DEFAULT_BETA
+    replay_weight: float | None = None  # weight of the catalyst-replay NLL of anchor replay; unset: the default
+    temperature: float = 1.0
+    eval_every: int = 5
+
+
+@dataclass
+class EvalConfig:
+    k: int = 4  # mean@k, maj@k, pass@k
+    samples: int = 8  # n samples per prompt (n > k) behind the unbiased pass@k and maj@k estimates
+    temperature: float = 1.0
+    batch_size: int = 128  # sequences per generate call: larger batches wait longer on their slowest row
+    max_per_split: int | None = None  # None: every item of every split
+    # Greedy accuracy covers every split; mean/maj/pass@k and agreement are sampled on these only
+    # (stability reads id's samples; each sampled split costs `samples` generations per item).
+    sampled_splits: list[str] = field(default_factory=lambda: ["id"])
+    trajectory_size: int = 32  # items of id and of heldout evaluated every eval_every steps
+    trajectory: bool = True
+
+
+@dataclass
+class StabilityConfig:
+    """The rule that calls a cell stable (DESIGN.md, Metrics)."""
+
+    max_drop: float = 0.05  # final may sit this far below start (noise)
+    max_drawdown: float = 0.10
+    max_seed_std: float = 0.10
+    max_collapse: float = 0.25
+
+
+@dataclass
+class IGConfig:
+    """Information gain under a fixed reader: the base SFT'd once on the task's `reader` pool."""
+
+    enabled: bool = True
+    scorer: str | None = None  # a checkpoint directory to score with instead of the reader
+    max_items: int | None = None  # None: every id item
+    reader_steps: int = 320
+    reader_batch_size: int = 32
+    reader_lr: float = 2e-3
+
+
+@dataclass
+class ProbesConfig:
+    """Forward-pass probes of the catalyst checkpoint (metrics/probes.py, docs/metrics.md)."""
+
+    enabled: bool = True
+    atomic_items: int = 128  # held-out single-op items behind skill retention
+
+
+@dataclass
+class MetricsConfig:
+    ig: IGConfig = field(default_factory=IGConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "catalyst-ttt"
+    entity: str | None = None
+
+
+@dataclass
+class CellConfig:
+    task: Any = MISSING
+    regime: RegimeConfig = MISSING
+    signal: SignalConfig = MISSING
+    model: ModelConfig = MISSING
+    base: BaseConfig = field(default_factory=BaseConfig)
+    catalyst: CatalystConfig = field(default_factory=CatalystConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = all cores
+    sweep: str = "single"
+    runs_dir: str = "runs"
+    cache_dir: str = "cache"
+    lock_timeout: float = 14400.0  # seconds to wait for a lock another process holds (a cell, a checkpoint)
