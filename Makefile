@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Cells run in parallel by `make sweep`, one torch thread each.
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install sweep report test test-fast bench lint clean
+.PHONY: install sweep report test test-fast test-random bench lint clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(INSTALLED)  ## the full suite (what CI runs)
 
 test-fast: $(INSTALLED)  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
+
+test-random: $(INSTALLED)  ## the whole suite in a random order (no test may depend on another's state)
+	$(BIN)/pytest -q -p random_order --random-order
 
 bench: $(INSTALLED)  ## per-phase timings; SECTIONS="base cell overhead jobs" (default: all)
 	$(BIN)/python -m catalyst_ttt.bench $(SECTIONS)

@@ -5,8 +5,10 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,10 +56,9 @@ def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
     try:  # wait until one cell is finished and another is mid-training
         while time.time() < deadline:
             done = _results(runs, "smoke")
-            running = (
-                [json.loads(p.read_text()) for p in (runs / "smoke").glob("*/status.json")] if runs.exists() else []
-            )
-            if done and any(s["phase"] in ("catalyst", "ttt") for s in running if s["phase"] != "done"):
+            running = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("smoke/*/status.json")}
+            mid_training = {cell for cell, s in running.items() if s["phase"] in ("catalyst", "ttt")}
+            if done and mid_training:
                 break
             time.sleep(0.2)
         else:
@@ -70,6 +71,7 @@ def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
         for cell, r in _results(runs, "smoke").items()
     }
     assert before and all(status == "done" for status, _ in before.values())
+    assert mid_training and not mid_training & set(before)  # killed while this cell was training
 
     again = cttt("sweep", "smoke", f"runs_dir={runs}", f"cache_dir={cache}", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -79,7 +81,10 @@ def test_sigkill_mid_cell_then_resume_finishes_every_cell_once(tmp_path):
         assert (runs / "smoke" / cell / "result.json").stat().st_mtime_ns == mtime
     for path in list(runs.rglob("*.json")) + list(cache.rglob("*.json")):
         json.loads(path.read_text())  # nothing corrupt
-    assert _trainings(cache)["base"] == 1  # the base finished before the kill and was reused
+    assert all(after[cell]["status"] == "done" for cell in mid_training)
+    trainings = _trainings(cache)
+    assert trainings["base"] == 1  # the base finished before the kill and was reused
+    assert trainings["catalyst"] == 1  # one regime with a catalyst and one seed: trained once, even across the kill
     assert not [p for p in cache.rglob(".*.tmp-*")]  # no half checkpoint left where it could be trusted
     for kind in ("base", "catalyst"):
         for checkpoint in (cache / kind).iterdir():
@@ -143,6 +148,9 @@ def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path, monkeypatch):
     # Ray rewrites 127.0.0.1 to the host's interface address unless told this is a local-only
     # cluster; with this flag every node, the driver and the workers stay on loopback.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Its own session directory, not the machine's shared /tmp/ray (short: Ray's socket paths have a length limit).
+    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)  # for the nodes and for the driver `cttt sweep` starts
     loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args=loopback | {"include_dashboard": False})
     try:
@@ -166,6 +174,7 @@ def test_ray_cluster_of_two_nodes_runs_a_sweep(tmp_path, monkeypatch):
         assert _trainings(cache)["base"] == 1
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_hydra_grammar_range_choice_glob_and_quoted_commas():
