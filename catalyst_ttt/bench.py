@@ -150,7 +150,7 @@ def generation_section(overrides: list[str]) -> None:
                 model, tokenizer, prompts, task.max_completion_chars, samples=samples, batch_size=cfg.eval.batch_size
             )
             best = min(best, time.perf_counter() - started)
-            tokens = sum(len(tokenizer(text)["input_ids"]) + 1 for group in out for text in group)  # + EOS
+            tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for g in out for text in g)
         rows.append((label, len(prompts), f"{best:.2f}", f"{tokens / best:,.0f}"))
     print(
         table(
