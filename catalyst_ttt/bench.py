@@ -255,6 +255,7 @@ def bare_trl_seconds() -> dict[str, float]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+    from catalyst_ttt.anchors import kl_beta
     from catalyst_ttt.config import build_task, compose_cell
     from catalyst_ttt.models import char_tokenizer, new_tiny_model, with_chat_template
 
@@ -328,7 +329,7 @@ def bare_trl_seconds() -> dict[str, float]:
                     temperature=cfg.ttt.temperature,
                     top_k=0,
                     top_p=1.0,
-                    beta=cfg.ttt.beta,
+                    beta=kl_beta(cfg.ttt),
                     lr_scheduler_type="constant",
                     seed=cfg.seed,
                     **common,
