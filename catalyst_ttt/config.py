@@ -104,8 +104,8 @@ def _missing_option_message(err: MissingConfigException) -> str:
     missing = (err.missing_cfg_file or "").lstrip("/")
     group, _, name = missing.rpartition("/")
     if group in GROUPS:
-        options = [o for o in err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))]
-        options = [o for o in options if not o.endswith(SCHEMA_SUFFIX)]
+        listed = err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = [o for o in listed if not o.endswith(SCHEMA_SUFFIX)]  # schemas are not options to pick
         return f"unknown {group} {name!r}; valid: {', '.join(options)}"
     return _first_line(err)
 
