@@ -228,6 +228,8 @@ def the_answer(report: Report) -> list[str]:
 
 
 def _ignition_sentences(report: Report) -> list[str]:
+    if varies_budget(report):
+        return budget_answer(report)  # one sentence per regime and curve, not per budget
     out = []
     for entry in report.ignition:
         estimate, test = entry.paired.estimate, entry.paired.test
@@ -793,7 +795,7 @@ def _save(fig, path: Path) -> None:
 # -- ignition vs catalyst budget ----------------------------------------------------------
 
 BUDGET_AXIS = "catalyst_n"
-CORRUPTED_REGIMES = ("swapped", "illogical", "corrupted")
+READS_TRACE = 0.5  # the model reads its trace when it writes some trace's own answer this often
 # result.json `probes` key -> column (metrics/probes.py, docs/metrics.md)
 PROBE_COLUMNS = {
     "skill/base": "skill base",
@@ -849,7 +851,7 @@ def mean_probes(entry: Ignition) -> dict[str, float]:
 
 def plot_ignition_vs_budget(report: Report, path: Path) -> None:
     curves = budget_curves(report)
-    panels = sorted(curves)
+    panels = list(curves)  # in the ignition entries' order: 40 steps before 160
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         budgets = sorted({e.key[BUDGET_AXIS] for entries in curves[panel].values() for e in entries})
@@ -892,21 +894,26 @@ def _why(probes: dict[str, float]) -> str:
     if "format/start" in probes:
         writes = probes["format/start"] >= FORMAT_FLOOR
         parts.append(f"format rate {probes['format/start']:.2f}{'' if writes else ' (it mostly writes no trace)'}")
-    kinds = [kind for kind in ("donor", "corrupted") if f"trace/{kind}/follows_trace" in probes]
-    for kind in kinds:
-        follows, gold = probes[f"trace/{kind}/follows_trace"], probes[f"trace/{kind}/gold_answer"]
-        reads = "reads the trace" if follows > gold else "does not follow the trace"
-        parts.append(f"after a {kind} trace it answers the trace's output {follows:.2f} vs gold {gold:.2f} ({reads})")
+    follows = {
+        name.split("/")[1]: share
+        for name, share in sorted(probes.items())
+        if name.startswith("trace/") and name.endswith("/follows_trace")
+    }
+    if follows:
+        shares = ", ".join(f"{kind} {share:.2f}" for kind, share in follows.items())
+        reads = "it reads its trace" if max(follows.values()) >= READS_TRACE else "it does not read its trace"
+        parts.append(f"after a teacher-forced trace it writes that trace's answer ({shares}): {reads}")
+    if "trace/donor/gold_answer" in probes:
+        parts.append(f"after a donor trace it writes the gold answer {probes['trace/donor/gold_answer']:.2f}")
     return "; ".join(parts)
 
 
 def budget_answer(report: Report) -> list[str]:
-    """Per corrupted regime and panel: whether and from which n it ignites, and what the probes show."""
+    """Per panel and regime: whether and from which n it ignites, and what the probes show."""
     out = []
-    for panel, regimes in sorted(budget_curves(report).items()):
+    for panel, regimes in budget_curves(report).items():
         place = f" ({panel})" if panel else ""
-        for regime in [r for r in CORRUPTED_REGIMES if r in regimes]:
-            entries = regimes[regime]
+        for regime, entries in sorted(regimes.items()):
             lit = [e.key[BUDGET_AXIS] for e in entries if e.ignites]
             if all(e.ignites is None for e in entries):
                 out.append(f"`{regime}`{place} cannot be tested: no per-item results.")
@@ -916,18 +923,20 @@ def budget_answer(report: Report) -> list[str]:
             evidence = f"ignition {fmt(decisive.paired.estimate, signed=True)}" + (
                 f", {test.describe()}" if test else ""
             )
+            largest = max(entries, key=lambda e: e.paired.estimate.mean)
+            peak = f"; largest {largest.paired.estimate.mean:+.3f} at n={largest.key[BUDGET_AXIS]}"
             if not lit:
                 verdict_ = f"does not ignite at any budget up to n={decisive.key[BUDGET_AXIS]} ({evidence})"
             elif all(e.ignites for e in entries if e.key[BUDGET_AXIS] >= lit[0]):
-                verdict_ = f"ignites from n={lit[0]} on ({evidence} at n={lit[0]})"
+                verdict_ = f"ignites from n={lit[0]} on ({evidence} at n={lit[0]}{peak})"
             else:
-                verdict_ = f"ignites at n={', '.join(map(str, lit))} only ({evidence} at n={lit[0]})"
+                verdict_ = f"ignites at n={', '.join(map(str, lit))} only ({evidence} at n={lit[0]}{peak})"
             budgets = ", ".join(str(e.key[BUDGET_AXIS]) for e in entries)
             out.append(
                 f"`{regime}`{place} {verdict_}; budgets tried: {budgets}. Probes at n={decisive.key[BUDGET_AXIS]}: "
                 f"{_why(mean_probes(decisive))}."
             )
-    return out or ["No corrupted regime (swapped, illogical, corrupted) in this sweep."]
+    return out
 
 
 def ignition_budget_section(report: Report) -> list[str]:
@@ -936,7 +945,7 @@ def ignition_budget_section(report: Report) -> list[str]:
         return []
     context = [axis for axis in report.ignition_varying if axis not in (BUDGET_AXIS, "config")]
     rows, probe_rows = [], []
-    for panel, regimes in sorted(budget_curves(report).items()):
+    for panel, regimes in budget_curves(report).items():
         for regime, entries in sorted(regimes.items()):
             for entry in entries:
                 test, estimate = entry.paired.test, entry.paired.estimate
@@ -968,7 +977,8 @@ def ignition_budget_section(report: Report) -> list[str]:
         "",
         _markdown_table([panel_header, "regime", "n", *PROBE_COLUMNS.values()], probe_rows),
         "",
-        *[f"- {sentence}" for sentence in budget_answer(report)],
+        "Per regime, whether and from which `catalyst.n` it ignites, and what the probes show there, is the "
+        "ignition part of the answer at the top.",
         "",
     ]
 

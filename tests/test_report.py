@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
 from catalyst_ttt.report import (
-    CORRUPTED_REGIMES,
     build_report,
     log_to_wandb,
     markdown,
@@ -243,7 +242,10 @@ def test_two_configurations_of_a_regime_never_pool(tmp_path, axis, small, large)
     ignition = {entry.key[axis]: entry.paired.estimate.mean for entry in report.ignition}
     assert ignition == {small_value: 0.0, large_value: pytest.approx((38 - 3) / 64)}
     text = " ".join(report.answer)
-    assert f"Regime `correct` ({axis}={small_value}" in text and f"Regime `correct` ({axis}={large_value}" in text
+    if axis == "catalyst_n":  # one sentence for the curve over n
+        assert "`correct` ignites from n=256 on" in text and "budgets tried: 64, 256" in text
+    else:
+        assert f"Regime `correct` ({axis}={small_value}" in text and f"Regime `correct` ({axis}={large_value}" in text
 
 
 def _two_configurations() -> tuple[list[dict], list[dict]]:
@@ -466,6 +468,7 @@ def test_catalyst_n_and_steps_are_separate_axes_that_never_pool(tmp_path):
     assert sorted(len(g.cells) for g in report.groups) == [3, 3, 3, 3]
     ignition = {(e.key["catalyst_n"], e.key["catalyst_steps"]): e.paired.estimate.mean for e in report.ignition}
     assert ignition == {(n, steps): pytest.approx((round(start * 64) - 3) / 64) for n, steps, start in budgets}
+    assert list(ignition) == [(n, steps) for n, steps, _ in budgets]  # by value: 64 before 256
 
 
 def _budget_store(runs: Path) -> Path:
@@ -491,19 +494,24 @@ def _budget_store(runs: Path) -> Path:
     return _store(runs, results)
 
 
-def test_ignition_vs_budget_section_answers_per_corrupted_regime(tmp_path):
+def test_ignition_vs_budget_answers_once_per_regime(tmp_path):
     runs = _budget_store(tmp_path)
     report = build_report(runs, "hand")
     text = markdown(report, embed=False)
     assert "## Ignition vs catalyst budget" in text
     answer = [line for line in text.splitlines() if line.startswith("- `") and "budgets tried" in line]
-    assert len(answer) == 3  # swapped, illogical, corrupted; never correct
-    swapped, illogical, corrupted = (next(a for a in answer if a.startswith(f"- `{r}`")) for r in CORRUPTED_REGIMES)
+    assert len(answer) == 4  # one sentence per regime, none per budget
+    correct, swapped, illogical, corrupted = (
+        next(a for a in answer if a.startswith(f"- `{r}`")) for r in ("correct", "swapped", "illogical", "corrupted")
+    )
+    assert "ignites from n=64 on" in correct and f"largest +{(51 - 3) / 64:.3f} at n=1024" in correct
     assert "ignites from n=1024 on" in swapped and f"ignition +{(32 - 3) / 64:.3f}" in swapped
     assert "atomic skill 0.90 → 0.50 (overwritten by the catalyst)" in swapped
-    assert "donor trace it answers the trace's output 0.80 vs gold 0.10 (reads the trace)" in swapped
+    assert "writes that trace's answer (donor 0.80): it reads its trace" in swapped
+    assert "after a donor trace it writes the gold answer 0.10" in swapped
     assert "does not ignite at any budget up to n=1024" in illogical
-    assert "format rate 0.20 (it mostly writes no trace)" in illogical and "(does not follow the trace)" in illogical
+    assert "format rate 0.20 (it mostly writes no trace)" in illogical
+    assert "(donor 0.10): it does not read its trace" in illogical
     assert "ignites at n=256 only" in corrupted and "(kept)" in corrupted
     row = _row(text, "–", "swapped", "1024")
     assert f"+{(32 - 3) / 64:.3f} [" in row and row.endswith("| yes |")

@@ -221,7 +221,7 @@ def aggregate(results: list[dict], rule: StabilityConfig) -> list[Group]:
         if group.cells:
             _estimate(group, shifts)
         group.verdict, group.reasons = judge(group, rule)
-    return sorted(groups.values(), key=lambda g: tuple(str(v) for v in g.key.values()))
+    return sorted(groups.values(), key=lambda g: natural_order(g.key))
 
 
 def _estimate(group: Group, shifts: list[str]) -> None:
@@ -291,4 +291,11 @@ def ignition(results: list[dict]) -> list[Ignition]:
     for key, replicates in per_key.values():
         cells = [replicates[r] for r in sorted(replicates)]
         out.append(Ignition(key, cells, paired(cells, START, BASE)))
-    return sorted(out, key=lambda i: tuple(str(v) for v in i.key.values()))
+    return sorted(out, key=lambda i: natural_order(i.key))
+
+
+def natural_order(key: dict) -> tuple:
+    """A key's values in axis order, numbers by value (64 before 256) and before any text."""
+    return tuple(
+        (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)) for v in key.values()
+    )
