@@ -96,12 +96,14 @@ class EvalConfig:
 
 @dataclass
 class StabilityConfig:
-    """The rule that calls a cell stable (DESIGN.md, Metrics)."""
+    """The rules that turn a group's replicates into verdicts (docs/statistics.md)."""
 
-    max_drop: float = 0.05  # final may sit this far below start (noise)
-    max_drawdown: float = 0.10
-    max_seed_std: float = 0.10
-    max_collapse: float = 0.25
+    margin: float = 0.05  # δ: a TTT gain whose interval lies within ±δ is no change (equivalence)
+    ignition_margin: float = 0.05  # an ignition whose interval lies below this is no ignition
+    max_collapse: float = 0.25  # share of id prompts whose samples agree on a wrong answer
+    max_gain_std: float = 0.10  # replicates whose gains spread wider than this are unstable
+    max_flat_rewards: float = 0.90  # reward spread in no more than 1 - this share of groups: "did not train"
+    trap_drop: float = 0.05  # the accuracy trap: step validity or IG fell by more than this while accuracy rose
 
 
 @dataclass

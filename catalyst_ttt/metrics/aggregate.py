@@ -1,7 +1,9 @@
-"""Across replicates: group cells that differ only by seed, then estimates, paired tests and a verdict.
+"""Across replicates: group cells that differ only by seed, estimate over units, adjust every test of a
+report together, and read the verdicts (docs/statistics.md).
 
-A replicate is a (base seed, seed) pair. Cells pool only when every other axis and the rest of the
-semantic config agree, so different tasks, catalyst budgets or TTT settings never count as seeds.
+A replicate is a (base seed, seed) pair; the unit of inference is the base (see `statistics`). Cells pool
+only when every other axis and the rest of the semantic config agree, so different tasks, catalyst budgets
+or TTT settings never count as seeds.
 """
 
 from __future__ import annotations
@@ -10,20 +12,24 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from catalyst_ttt.config import NON_SEMANTIC, config_hash
-from catalyst_ttt.metrics.stability import stability_reasons
 from catalyst_ttt.metrics.statistics import (
     ACCURACY,
     ALPHA,
     DIFFERENCE,
+    MIN_UNITS,
     UNBOUNDED,
     Estimate,
-    PairedTest,
-    binomial_upper_tail,
-    bootstrap,
-    differences,
-    mcnemar,
+    Replicate,
+    adjust,
+    estimate,
+    floor_p,
+    format_p,
+    one_sided_p,
+    units,
+    units_to_decide,
     variance_components,
 )
 from catalyst_ttt.schema import StabilityConfig
@@ -32,71 +38,90 @@ SEED_AXES = ("seed", "base_seed")
 TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them
 ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
 MARKERS = {"perfect verifier": "‡", "gold": "†"}
-CHANCE = 0.0  # exact-match answers over an open answer space (alchemy, arith, gsm8k): guessing scores ~0
+FINISHED = ("done", "gated")  # a gated cell finished at its floor: its start counts, it has no TTT
+GATED = "gated"
 
-STABLE, UNSTABLE = "stable", "unstable"
+STABLE, UNSTABLE, INCONCLUSIVE = "stable", "unstable", "inconclusive"
+DID_NOT_TRAIN = "did not train"
 FLOOR = "n/a (floor)"
 NO_TTT = "n/a (no TTT)"
-NO_ITEMS = "n/a (no per-item results)"
+TOO_FEW = f"n/a (n<{MIN_UNITS} units)"
 NO_REPLICATE = "n/a (no finished replicate)"
+IGNITES, NO_IGNITION = "ignites", "does not ignite"
 
 
-def _arm(split: str, arm: str, scalar):
-    """A split's per-item 0/1 vector for one arm, or the scalar accuracy where a result has no items."""
+def mean(values) -> float:
+    return statistics.fmean(values) if len(values) else math.nan
 
-    def read(result: dict) -> list[float]:
-        items = result.get("items", {}).get(split, {}).get(arm)
-        return list(items) if items is not None else [scalar(result)]
+
+def _at(*path: str) -> Callable[[dict], float]:
+    """A number nested in a result (NaN where the cell did not record it)."""
+
+    def read(result: dict) -> float:
+        node = result
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return math.nan if node is None else float(node)
 
     return read
 
 
-START = _arm("id", "start", lambda r: r["pre_ttt"]["acc/greedy"])
-BASE = _arm("id", "base", lambda r: r["pre_ttt"]["base_acc/greedy"])
-FINAL = _arm("id", "final", lambda r: r["metrics"]["id"]["acc/greedy"])
+def _items(split: str, arm: str) -> Callable[[dict], list[int] | None]:
+    """A split's per-item 0/1 vector for one arm (None where the result kept no items)."""
+
+    def read(result: dict) -> list[int] | None:
+        items = result.get("items", {}).get(split, {}).get(arm)
+        return list(items) if items is not None else None
+
+    return read
 
 
-def _stab(name: str):
-    return lambda r: [r["stab"].get(f"stab/{name}", math.nan)]
+START_ITEMS, BASE_ITEMS = _items("id", "start"), _items("id", "base")
 
 
-def _id(name: str):
-    return lambda r: [r["metrics"]["id"][name]]
+def _accuracy(split: str, arm: str, scalar: Callable[[dict], float]) -> Callable[[dict], float]:
+    """A split's accuracy for one arm: the mean of its items, or `scalar` where there are none."""
+    items = _items(split, arm)
+    return lambda r: mean(items(r)) if items(r) is not None else scalar(r)
 
 
-# What the tables report per group: name -> (per-replicate vector from one result.json, possible range).
-READOUTS = {
+START = _accuracy("id", "start", _at("pre_ttt", "acc/greedy"))
+BASE = _accuracy("id", "base", _at("pre_ttt", "base_acc/greedy"))
+FINAL = _accuracy("id", "final", _at("metrics", "id", "acc/greedy"))
+
+
+# Before TTT (every finished replicate): name -> (per-replicate value, possible range).
+PRE_TTT = {
     "start": (START, ACCURACY),
-    "final": (FINAL, ACCURACY),
     "base": (BASE, ACCURACY),
-    "heldout": (_arm("heldout", "final", lambda r: r["metrics"]["heldout"]["acc/greedy"]), ACCURACY),
-    "best": (_stab("peak"), ACCURACY),
-    "drawdown": (_stab("drawdown"), ACCURACY),
-    "auc": (_stab("auc"), ACCURACY),
-    "flips_c2w": (_stab("flips_c2w"), UNBOUNDED),
-    "collapse": (_stab("collapse"), ACCURACY),
-    "diversity": (_stab("diversity"), UNBOUNDED),
-    "step_validity": (_id("process/step_validity"), ACCURACY),
-    "start_step_validity": (lambda r: [r["pre_ttt"]["process/step_validity"]], ACCURACY),
-    "faithful_acc": (_id("process/faithful_acc"), ACCURACY),
-    "unfaithful_correct": (_id("process/unfaithful_correct"), ACCURACY),
-    "ig_total": (lambda r: [r.get("ig", {}).get("ig/total", math.nan)], UNBOUNDED),
+    "ignition": (lambda r: START(r) - BASE(r), DIFFERENCE),
+    "start_step_validity": (_at("pre_ttt", "process/step_validity"), ACCURACY),
 }
-# Paired differences on the same items: name -> (new arm, old arm).
-PAIRED = {"ignition": (START, BASE), "gain": (FINAL, START)}
+# After TTT (replicates that trained: above their floor).
+POST_TTT = {
+    "final": (FINAL, ACCURACY),
+    "gain": (lambda r: FINAL(r) - START(r), DIFFERENCE),
+    "heldout": (_accuracy("heldout", "final", _at("metrics", "heldout", "acc/greedy")), ACCURACY),
+    "best": (_at("stab", "stab/peak"), ACCURACY),
+    "drawdown": (_at("stab", "stab/drawdown"), ACCURACY),
+    "auc": (_at("stab", "stab/auc"), ACCURACY),
+    "flips_c2w": (_at("stab", "stab/flips_c2w"), UNBOUNDED),
+    "collapse": (_at("stab", "stab/collapse"), ACCURACY),
+    "diversity": (_at("stab", "stab/diversity"), UNBOUNDED),
+    "step_validity": (_at("metrics", "id", "process/step_validity"), ACCURACY),
+    "faithful_acc": (_at("metrics", "id", "process/faithful_acc"), ACCURACY),
+    "unfaithful_correct": (_at("metrics", "id", "process/unfaithful_correct"), ACCURACY),
+    "ig_total": (_at("ig", "ig/total"), UNBOUNDED),
+}
 # Whose between-replicate variance the report splits into base-to-base and cell-to-cell.
-VARIANCE_READOUTS = {
-    "start": START,
-    "final": FINAL,
-    "gain": lambda r: [a - b for a, b in zip(FINAL(r), START(r))],
-}
+VARIANCE_READOUTS = ("start", "final", "gain")
 
 
 def access_of(result: dict) -> str:
     return result.get("access") or ("gold" if result.get("uses_labels") else "intrinsic")
 
 
-def replicate_of(result: dict) -> tuple[int, int]:
+def replicate_of(result: dict) -> Replicate:
     axes = result["axes"]
     base_seed = axes.get("base_seed", result.get("config", {}).get("base", {}).get("seed", 0))
     return base_seed, axes["seed"]
@@ -127,51 +152,55 @@ def ignition_key(result: dict) -> dict:
 
 
 def shift_splits(results: list[dict]) -> list[str]:
-    splits = {s for r in results if r.get("status") == "done" for s in r["metrics"]}
+    splits = {s for r in results if r.get("status") == "done" for s in r.get("metrics", {})}
     return sorted(s for s in splits if s.startswith("shift_"))
 
 
 def rule_of(results: list[dict]) -> StabilityConfig:
-    """The stability rule the sweep was configured with (`metrics.stability`)."""
+    """The verdict rules the sweep was configured with (`metrics.stability`)."""
     for result in results:
         return StabilityConfig(**result["config"]["metrics"]["stability"])
     return StabilityConfig()
 
 
-@dataclass
-class Paired:
-    """A paired difference on the same items: its estimate and, with per-item results, its exact test."""
-
-    estimate: Estimate
-    test: PairedTest | None
-
-
-def paired(cells: list[dict], new, old) -> Paired:
-    new_rows, old_rows = [new(c) for c in cells], [old(c) for c in cells]
-    itemised = all("items" in c for c in cells)
-    return Paired(
-        bootstrap(differences(new_rows, old_rows), DIFFERENCE), mcnemar(new_rows, old_rows) if itemised else None
-    )
+def above_floor(result: dict) -> bool:
+    """This replicate's TTT start beats the base it came from on the same id items (exact one-sided test);
+    a gated cell was found at its floor before TTT, regime `none` is the floor itself."""
+    if result["status"] == GATED or result["axes"]["regime"] == "none":
+        return False
+    start, base = START_ITEMS(result), BASE_ITEMS(result)
+    if start is None or base is None:
+        return START(result) > BASE(result)
+    return floor_p(start, base) < ALPHA
 
 
-def above_floor(cells: list[dict], ignition: Paired) -> bool:
-    """The TTT start beats the `none` base on the same items (exact test) and beats chance."""
-    starts = [START(c) for c in cells]
-    hits, items = sum(sum(s) for s in starts), sum(len(s) for s in starts)
-    return ignition.test.higher and binomial_upper_tail(int(hits), items, CHANCE) < ALPHA
+def estimates(cells: list[dict], readouts: dict) -> dict[str, Estimate]:
+    return {
+        name: estimate({replicate_of(c): read(c) for c in cells}, bounds) for name, (read, bounds) in readouts.items()
+    }
 
 
 @dataclass
 class Group:
+    """The replicates of one configuration, their estimates, tests and verdict."""
+
     key: dict
-    cells: list[dict] = field(default_factory=list)  # finished replicates
-    unfinished: list[dict] = field(default_factory=list)  # diverged or failed: flagged, never dropped
+    cells: list[dict] = field(default_factory=list)  # finished replicates (done or gated)
+    # The replicates TTT is judged on: finished, above their floor, and trained (without TTT: every finished
+    # replicate, whose final is its start).
+    trained: list[dict] = field(default_factory=list)
+    unfinished: list[dict] = field(default_factory=list)  # diverged, failed, interrupted: flagged, never dropped
     stats: dict[str, Estimate] = field(default_factory=dict)
-    paired: dict[str, Paired] = field(default_factory=dict)
     variance: dict[str, dict] = field(default_factory=dict)
+    raw: dict[str, float] = field(default_factory=dict)  # test -> one-sided p before adjustment
+    adjusted: dict[str, float] = field(default_factory=dict)  # test -> BH-adjusted p over the report
     verdict: str = NO_REPLICATE
     reasons: list[str] = field(default_factory=list)
     access: str = "intrinsic"
+
+    @property
+    def has_ttt(self) -> bool:
+        return self.key.get("signal") != "none"
 
     @property
     def stable(self) -> bool | None:
@@ -179,7 +208,7 @@ class Group:
 
     @property
     def has_verdict(self) -> bool:
-        return self.stable is not None
+        return self.verdict in (STABLE, UNSTABLE, INCONCLUSIVE, DID_NOT_TRAIN)
 
     @property
     def statuses(self) -> Counter:
@@ -187,7 +216,7 @@ class Group:
 
     @property
     def flags(self) -> list[str]:
-        """Replicates that did not finish, said wherever the group is."""
+        """Replicates that did not finish, or were gated at their floor, said wherever the group is."""
         total = len(self.cells) + len(self.unfinished)
         return [
             f"{n} of {total} replicates {status}" for status, n in sorted(self.statuses.items()) if status != "done"
@@ -195,74 +224,22 @@ class Group:
 
     @property
     def peak_step(self) -> float | None:
-        steps = [c["stab"].get("stab/peak_step") for c in self.cells]
+        steps = [c["stab"].get("stab/peak_step") for c in self.trained]
         steps = [s for s in steps if s is not None]
         return statistics.median(steps) if steps else None
 
     @property
     def collapse_steps(self) -> list[int]:
-        return [c["stab"]["stab/collapse_step"] for c in self.cells if c["stab"].get("stab/collapse_step") is not None]
+        return [
+            c["stab"]["stab/collapse_step"] for c in self.trained if c["stab"].get("stab/collapse_step") is not None
+        ]
 
     def mean(self, name: str) -> float:
-        return self.stats[name].mean
+        return self.stats[name].mean if name in self.stats else math.nan
 
-
-def aggregate(results: list[dict], rule: StabilityConfig) -> list[Group]:
-    """One Group per key (every axis and config value but the seeds) over its replicates."""
-    groups: dict[str, Group] = {}
-    for result in results:
-        key = group_key(result)
-        group = groups.setdefault(repr(key), Group(key=key))
-        (group.cells if result["status"] == "done" else group.unfinished).append(result)
-    shifts = shift_splits(results)
-    for group in groups.values():
-        finished = group.cells or group.unfinished
-        group.access = access_of(finished[0])
-        if group.cells:
-            _estimate(group, shifts)
-        group.verdict, group.reasons = judge(group, rule)
-    return sorted(groups.values(), key=lambda g: natural_order(g.key))
-
-
-def _estimate(group: Group, shifts: list[str]) -> None:
-    group.cells.sort(key=replicate_of)  # a bootstrap draw depends on the replicates' order: one order everywhere
-    readouts = READOUTS | {
-        s: (_arm(s, "final", lambda r, s=s: r["metrics"][s]["acc/greedy"]), ACCURACY) for s in shifts
-    }
-    group.stats = {name: bootstrap([read(c) for c in group.cells], bounds) for name, (read, bounds) in readouts.items()}
-    group.paired = {name: paired(group.cells, new, old) for name, (new, old) in PAIRED.items()}
-    group.stats |= {name: p.estimate for name, p in group.paired.items()}
-    for name, read in VARIANCE_READOUTS.items():
-        group.variance[name] = variance_components({replicate_of(c): statistics.fmean(read(c)) for c in group.cells})
-
-
-def judge(group: Group, rule: StabilityConfig) -> tuple[str, list[str]]:
-    """The verdict and its reasons; floor and no-TTT groups get no stability verdict."""
-    diverged = group.statuses.get("diverged", 0)
-    if group.key.get("signal") == "none":
-        return NO_TTT, []
-    if group.key.get("regime") == "none":
-        return FLOOR, ["regime `none` is the floor"]
-    if not group.cells:
-        return (UNSTABLE, [f"{diverged} replicate(s) diverged"]) if diverged else (NO_REPLICATE, [])
-    ignition = group.paired["ignition"]
-    if ignition.test is None:
-        return NO_ITEMS, []
-    if not above_floor(group.cells, ignition):
-        return FLOOR, [f"start not significantly above the `none` base ({ignition.test.describe()})"]
-    finals = [statistics.fmean(FINAL(c)) for c in group.cells]
-    final_std = statistics.stdev(finals) if len(finals) > 1 else 0.0
-    reasons = stability_reasons(
-        gain=group.stats["gain"],
-        gain_test=group.paired["gain"].test,
-        drawdown=group.mean("drawdown"),
-        collapse=group.mean("collapse"),
-        final_std=final_std,
-        rule=rule,
-    )
-    if diverged:
-        reasons.append(f"{diverged} replicate(s) diverged")
-    return (UNSTABLE if reasons else STABLE), reasons
+    def gains(self) -> dict[Replicate, float]:
+        read = POST_TTT["gain"][0]
+        return {replicate_of(c): read(c) for c in self.trained}
 
 
 @dataclass
@@ -271,18 +248,133 @@ class Ignition:
 
     key: dict
     replicates: list[dict]
-    paired: Paired
+    estimate: Estimate
+    raw: dict[str, float] = field(default_factory=dict)
+    adjusted: dict[str, float] = field(default_factory=dict)
+    verdict: str = INCONCLUSIVE
 
     @property
     def ignites(self) -> bool | None:
-        return None if self.paired.test is None else self.paired.test.higher
+        return {IGNITES: True, NO_IGNITION: False}.get(self.verdict)
+
+    def describe(self) -> str:
+        """The evidence of the verdict: the adjusted p of the test that decided it, with the scope."""
+        test = "above" if self.verdict != NO_IGNITION else "under_margin"
+        p = self.adjusted.get(test)
+        where = f"{self.estimate.n} units {self.estimate.scope}" if self.estimate.scope else "no unit"
+        return f"p_adj={format_p(p)}, {where}" if p is not None else where
 
 
-def ignition(results: list[dict]) -> list[Ignition]:
+@dataclass
+class Analysis:
+    groups: list[Group]
+    ignition: list[Ignition]
+    rule: StabilityConfig
+
+    def tests(self) -> list[tuple[object, str]]:
+        """Every (holder, test name) whose p enters the report's family."""
+        return [(h, name) for h in [*self.ignition, *self.groups] for name in h.raw]
+
+
+def analyse(results: list[dict], rule: StabilityConfig) -> Analysis:
+    """Groups and ignition entries with their estimates, every test adjusted together, then the verdicts."""
+    analysis = Analysis(aggregate(results), ignition(results, rule), rule)
+    family = analysis.tests()
+    for (holder, name), p in zip(family, adjust([h.raw[n] for h, n in family])):
+        holder.adjusted[name] = p
+    for entry in analysis.ignition:
+        entry.verdict = ignition_verdict(entry)
+    for group in analysis.groups:
+        group.verdict, group.reasons = judge(group, rule)
+    return analysis
+
+
+def aggregate(results: list[dict]) -> list[Group]:
+    """One Group per key (every axis and config value but the seeds) over its replicates, with raw tests."""
+    groups: dict[str, Group] = {}
+    for result in results:
+        key = group_key(result)
+        group = groups.setdefault(repr(key), Group(key=key))
+        (group.cells if result["status"] in FINISHED else group.unfinished).append(result)
+    shifts = shift_splits(results)
+    rule = rule_of(results)
+    for group in groups.values():
+        finished = group.cells or group.unfinished
+        group.access = access_of(finished[0])
+        group.cells.sort(key=replicate_of)
+        done = [c for c in group.cells if c["status"] == "done"]
+        group.trained = [c for c in done if above_floor(c)] if group.has_ttt else done
+        post = POST_TTT | {
+            s: (_accuracy(s, "final", _at("metrics", s, "acc/greedy")), ACCURACY) for s in shifts
+        }
+        group.stats = estimates(group.cells, PRE_TTT) | estimates(group.trained, post)
+        values = {name: {replicate_of(c): read(c) for c in group.trained} for name, (read, _) in post.items()}
+        values |= {name: {replicate_of(c): read(c) for c in group.cells} for name, (read, _) in PRE_TTT.items()}
+        group.variance = {name: variance_components(values[name]) for name in VARIANCE_READOUTS}
+        if group.has_ttt and group.key.get("regime") != "none" and _enough(group.gains()):
+            group.raw = gain_tests(group.gains(), rule.margin)
+    return sorted(groups.values(), key=lambda g: natural_order(g.key))
+
+
+def _enough(values: dict[Replicate, float]) -> bool:
+    return len(units(values)[0]) >= MIN_UNITS
+
+
+def gain_tests(gains: dict[Replicate, float], margin: float) -> dict[str, float]:
+    """The TTT gain above 0 (the accuracy trap), within ±margin (stable), below -margin (unstable)."""
+    means, _ = units(gains)
+    return {
+        "above": one_sided_p(means, 0.0, "greater"),
+        "within": max(one_sided_p(means, -margin, "greater"), one_sided_p(means, margin, "less")),
+        "below": one_sided_p(means, -margin, "less"),
+    }
+
+
+def judge(group: Group, rule: StabilityConfig) -> tuple[str, list[str]]:
+    """The verdict and its reasons (docs/statistics.md, "Stability as equivalence")."""
+    diverged = group.statuses.get("diverged", 0)
+    if not group.has_ttt:
+        return NO_TTT, []
+    if group.key.get("regime") == "none":
+        return FLOOR, ["regime `none` is the floor"]
+    if not group.cells:
+        return (UNSTABLE, [f"{diverged} replicate(s) diverged"]) if diverged else (NO_REPLICATE, [])
+    starts = {replicate_of(c): 1.0 for c in group.cells}
+    trained = group.gains()
+    if len(units(trained)[0]) < MIN_UNITS:
+        if len(units(starts)[0]) < MIN_UNITS:
+            return TOO_FEW, [f"{len(group.cells)} replicate(s)"]
+        return FLOOR, [f"{len(group.trained)} of {len(group.cells)} replicates start above their floor"]
+    gain = group.stats["gain"]
+    interval = f"gain {gain.mean:+.3f} [{gain.low:.3f}, {gain.high:.3f}] ({gain.n} units {gain.scope})"
+    unstable = []
+    if group.adjusted["below"] < ALPHA:
+        unstable.append(f"{interval} lies below -{rule.margin} (p_adj={format_p(group.adjusted['below'])})")
+    collapse = group.mean("collapse")
+    if collapse > rule.max_collapse:
+        unstable.append(f"collapse {collapse:.3f} > {rule.max_collapse}")
+    spread = statistics.stdev(trained.values()) if len(trained) > 1 else 0.0
+    if spread > rule.max_gain_std:
+        unstable.append(f"replicate gains spread sd {spread:.3f} > {rule.max_gain_std}")
+    if diverged:
+        unstable.append(f"{diverged} replicate(s) diverged")
+    if unstable:
+        return UNSTABLE, unstable
+    flat = mean([c["ttt"]["ttt/frac_zero_std"] for c in group.trained if "ttt/frac_zero_std" in c.get("ttt", {})])
+    if flat >= rule.max_flat_rewards:
+        return DID_NOT_TRAIN, [f"no reward spread in {flat:.0%} of groups (≥ {rule.max_flat_rewards:.0%})"]
+    if group.adjusted["within"] < ALPHA:
+        return STABLE, [f"{interval} lies within ±{rule.margin} (p_adj={format_p(group.adjusted['within'])})"]
+    needed = units_to_decide(gain.mean, gain.sd, rule.margin)
+    more = f"; about {needed} units would decide it" if needed else ""
+    return INCONCLUSIVE, [f"{interval} crosses ±{rule.margin}{more}"]
+
+
+def ignition(results: list[dict], rule: StabilityConfig) -> list[Ignition]:
     """One entry per regime and pre-TTT configuration; signals share their start, so each replicate once."""
     per_key: dict[str, tuple[dict, dict]] = {}
     for result in results:
-        if result["status"] != "done" or result["axes"]["regime"] == "none":
+        if result["status"] not in FINISHED or result["axes"]["regime"] == "none":
             continue
         key = ignition_key(result)
         _, replicates = per_key.setdefault(repr(key), (key, {}))
@@ -290,8 +382,38 @@ def ignition(results: list[dict]) -> list[Ignition]:
     out = []
     for key, replicates in per_key.values():
         cells = [replicates[r] for r in sorted(replicates)]
-        out.append(Ignition(key, cells, paired(cells, START, BASE)))
+        values = {replicate_of(c): PRE_TTT["ignition"][0](c) for c in cells}
+        entry = Ignition(key, cells, estimate(values, DIFFERENCE))
+        if _enough(values):
+            means, _ = units(values)
+            entry.raw = {
+                "above": one_sided_p(means, 0.0, "greater"),
+                "under_margin": one_sided_p(means, rule.ignition_margin, "less"),
+            }
+        out.append(entry)
     return sorted(out, key=lambda i: natural_order(i.key))
+
+
+def ignition_verdict(entry: Ignition) -> str:
+    if not entry.adjusted:
+        return TOO_FEW
+    if entry.adjusted["above"] < ALPHA and entry.estimate.mean > 0:
+        return IGNITES
+    if entry.adjusted["under_margin"] < ALPHA:
+        return NO_IGNITION
+    return INCONCLUSIVE
+
+
+def describe_rule(rule: StabilityConfig) -> str:
+    return (
+        f"units are base seeds (≥ {MIN_UNITS}; else replicates, for these bases only); TTT is judged on the "
+        f"replicates whose start beats its base (exact one-sided test, p < {format_p(ALPHA)}); stable = the gain's "
+        f"90% interval lies within ±{rule.margin} and nothing collapses; unstable = it lies below -{rule.margin}, "
+        f"or collapse > {rule.max_collapse}, or replicate gains spread sd > {rule.max_gain_std}, or a replicate "
+        f"diverged; did not train = no reward spread in ≥ {rule.max_flat_rewards:.0%} of groups; otherwise "
+        "inconclusive. Every p of the report is adjusted together (Benjamini–Hochberg); verdicts use the final "
+        "checkpoint"
+    )
 
 
 def natural_order(key: dict) -> tuple:

@@ -7,6 +7,9 @@
   the model is handed a trace (teacher-forced) — the gold trace, a donor's gold trace (`swapped`)
   or a `corrupted` one — and writes the answer greedily. The share of answers equal to the answer
   the trace's own outputs lead to vs the share equal to the gold answer: does the model read its trace?
+* latent direct skill (`latent/base`, `latent/start`): greedy accuracy on the id problems asked in the
+  form a `direct` base learnt them in (`Task.latent_probes`): is the direct skill there, and does the
+  catalyst keep it?
 * format rate (`format/start`): share of greedy id completions that parse with an answer and the
   expected number of steps.
 
@@ -35,11 +38,15 @@ def catalyst_probes(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
     batch_size = cfg.eval.batch_size
     problems = splits["id"][: cfg.eval.max_per_split]
     out = {"format/start": format_rate(task, problems, model, tokenizer, batch_size)}
-    atomic = task.atomic_probes(cfg.metrics.probes.atomic_items)
-    if atomic:
-        base = model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model)[0]
-        out["skill/base"] = skill_accuracy(task, atomic, base, tokenizer, batch_size)
-        out["skill/start"] = skill_accuracy(task, atomic, model, tokenizer, batch_size)
+    base = None
+    for name, probes in (
+        ("skill", task.atomic_probes(cfg.metrics.probes.atomic_items)),
+        ("latent", task.latent_probes(problems)),
+    ):
+        if probes:
+            base = base or (model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model)[0])
+            out[f"{name}/base"] = skill_accuracy(task, probes, base, tokenizer, batch_size)
+            out[f"{name}/start"] = skill_accuracy(task, probes, model, tokenizer, batch_size)
     return out | trace_dependence(task, problems, model, tokenizer, batch_size)
 
 

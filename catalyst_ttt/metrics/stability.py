@@ -1,11 +1,9 @@
-"""Stability of a cell over its TTT trajectory, and the rule that calls a cell group stable."""
+"""Stability of one cell over its TTT trajectory (the verdicts over replicates: metrics/aggregate.py)."""
 
 from __future__ import annotations
 
 import math
 
-from catalyst_ttt.metrics.statistics import ALPHA, Estimate, PairedTest, format_p
-from catalyst_ttt.schema import StabilityConfig
 from catalyst_ttt.tracking import STEP
 
 # The label-free early warning (`predictor_step`): per-step TTT diagnostics it reads, and its rule.
@@ -91,36 +89,3 @@ def early_warning(collapse_step: int | None, history: list[dict]) -> dict[str, i
     fired = predictor_step(history)
     lead = None if fired is None or collapse_step is None else collapse_step - fired
     return {"stab/predictor_step": fired, "stab/warning_lead": lead}
-
-
-def stability_reasons(
-    gain: Estimate,
-    gain_test: PairedTest | None,
-    drawdown: float,
-    collapse: float,
-    final_std: float,
-    rule: StabilityConfig,
-) -> list[str]:
-    """Why a group that starts above its floor is unstable under TTT; empty when it is stable."""
-    reasons = []
-    if gain_test is not None and gain_test.lower:
-        reasons.append(f"TTT lowered accuracy by {-gain.mean:.3f} ({gain_test.describe()})")
-    elif gain.has_interval and gain.high < -rule.max_drop:
-        reasons.append(f"gain interval [{gain.low:.3f}, {gain.high:.3f}] lies below -{rule.max_drop}")
-    if drawdown > rule.max_drawdown:
-        reasons.append(f"drawdown {drawdown:.3f} > {rule.max_drawdown}")
-    if final_std > rule.max_seed_std:
-        reasons.append(f"replicate std of final {final_std:.3f} > {rule.max_seed_std}")
-    if collapse > rule.max_collapse:
-        reasons.append(f"collapse {collapse:.3f} > {rule.max_collapse}")
-    return reasons
-
-
-def describe_rule(rule: StabilityConfig) -> str:
-    return (
-        f"stable = the TTT start is significantly above its floor, and TTT does not lower id accuracy "
-        f"(exact McNemar final vs start, p >= {format_p(ALPHA)} or more items up than down; and the gain's "
-        f"95% interval does not lie wholly below -{rule.max_drop}), mean drawdown <= {rule.max_drawdown}, "
-        f"replicate std of final <= {rule.max_seed_std}, collapse <= {rule.max_collapse}; "
-        "judged at the final checkpoint"
-    )

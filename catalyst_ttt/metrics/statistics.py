@@ -1,141 +1,152 @@
-"""Intervals and tests over replicates (docs/statistics.md).
+"""Estimates, tests and multiplicity over replicates whose unit of inference is the base model
+(docs/statistics.md).
 
-A replicate is one (base seed, seed) pair. For one metric it contributes a vector over the items of a
-split (greedy 0/1 correctness, or the per-item difference of two such vectors on the same items) or a
-single number when the metric has no items (drawdown, collapse, information gain).
+A replicate is one (base seed, seed) pair. Replicates that share a base are not independent: the
+base-to-base variance dominates the tiny testbed, and the `none` arm of ignition is one base for
+every cell seed. So a metric is first averaged within each **unit**, then compared across units
+with a t distribution (the two-stage, summary-statistic form of a random-effects model):
+
+* with ≥ MIN_UNITS base seeds the unit is the base (its cell seeds and items averaged first): the
+  claim holds *over base initialisations*;
+* with fewer base seeds but ≥ MIN_UNITS replicates the unit is the replicate: the claim holds
+  *for these bases* only (cell seeds are then the random part);
+* with fewer than MIN_UNITS units there is no interval and no verdict.
+
+Every p-value of a report is adjusted together (Benjamini–Hochberg, `adjust`). The whole verdict
+machinery is checked by simulation under a known truth (`catalyst_ttt.simulation`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special, stats
 
-ALPHA = 0.05  # two-sided level of every test and 1 - coverage of every interval
-MIN_REPLICATES = 3  # fewer replicates: no interval (a bootstrap over 1-2 replicates has no spread to speak of)
-NO_INTERVAL = f"n<{MIN_REPLICATES} replicates: no interval"
-BOOTSTRAP_DRAWS = 4000
-BOOTSTRAP_SEED = 0  # fixed: the same store always gives the same report
+# Every verdict is a one-sided test at ALPHA (equivalence: two of them, TOST); intervals are the matching
+# 1 - 2 * ALPHA = 90% two-sided intervals, so "the interval lies within / below / above" is the test.
+ALPHA = 0.05
+COVERAGE = 1 - 2 * ALPHA
+POWER = 0.80  # the power the minimal detectable effect is quoted at
+MIN_UNITS = 3  # fewer units: no interval, no verdict
+BASES, REPLICATES = "over base initialisations", "for these bases"
+NO_INTERVAL = f"n<{MIN_UNITS} units: no interval"
 
 ACCURACY = (0.0, 1.0)
 DIFFERENCE = (-1.0, 1.0)
 UNBOUNDED = (-math.inf, math.inf)
 
+Replicate = tuple[int, int]  # (base seed, seed)
+
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over replicates and items, with its 95% interval when there are enough replicates."""
+    """A mean over units with its 90% t interval (none below MIN_UNITS units)."""
 
     mean: float
     low: float | None
     high: float | None
-    n: int  # replicates
+    n: int  # units
+    scope: str  # BASES or REPLICATES ("" when there is no unit)
+    sd: float | None = None  # between-unit standard deviation
 
     @property
     def has_interval(self) -> bool:
         return self.low is not None
 
 
-def bootstrap(rows: Sequence[Sequence[float]], bounds: tuple[float, float] = UNBOUNDED) -> Estimate:
-    """Mean of `rows` (replicates x items) with a percentile interval from a two-way bootstrap.
+def units(values: Mapping[Replicate, float]) -> tuple[list[float], str]:
+    """The unit means of per-replicate values and the claim's scope (see the module docstring)."""
+    finite = {r: v for r, v in values.items() if not math.isnan(v)}
+    by_base: dict[int, list[float]] = defaultdict(list)
+    for (base_seed, _), value in sorted(finite.items()):
+        by_base[base_seed].append(value)
+    if len(by_base) >= MIN_UNITS:
+        return [sum(v) / len(v) for v in by_base.values()], BASES
+    return [finite[r] for r in sorted(finite)], REPLICATES if finite else ""
 
-    Each draw resamples the replicates with replacement and, independently, the item indices — one
-    set of indices shared by every replicate, since replicates evaluate the same items (a crossed
-    design). A paired difference is bootstrapped by passing its per-item differences: both arms then
-    use the same items by construction.
-    """
-    rows = [list(r) for r in rows if len(r) and not any(math.isnan(v) for v in r)]
-    if not rows:
-        return Estimate(math.nan, None, None, 0)
-    if len({len(r) for r in rows}) > 1:  # replicates on different items cannot be crossed: use their means
-        rows = [[sum(r) / len(r)] for r in rows]
-    data = np.asarray(rows, dtype=float)
-    mean = float(data.mean())
-    replicates, items = data.shape
-    if replicates < MIN_REPLICATES:
-        return Estimate(mean, None, None, replicates)
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    # Resampling with replacement = multinomial counts; a draw's mean is w' X c / (R I).
-    row_counts = rng.multinomial(replicates, [1 / replicates] * replicates, size=BOOTSTRAP_DRAWS)
-    item_counts = rng.multinomial(items, [1 / items] * items, size=BOOTSTRAP_DRAWS)
-    means = np.einsum("br,ri,bi->b", row_counts, data, item_counts) / (replicates * items)
-    low, high = np.percentile(means, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
-    return Estimate(mean, _clip(float(low), bounds), _clip(float(high), bounds), replicates)
+
+def estimate(values: Mapping[Replicate, float], bounds: tuple[float, float] = UNBOUNDED) -> Estimate:
+    """Mean over units with the 90% t interval, clipped to the metric's range."""
+    means, scope = units(values)
+    if not means:
+        return Estimate(math.nan, None, None, 0, "")
+    mean = float(np.mean(means))
+    if len(means) < MIN_UNITS:
+        return Estimate(mean, None, None, len(means), scope)
+    sd = float(np.std(means, ddof=1))
+    half = t_quantile(1 - ALPHA, len(means) - 1) * sd / math.sqrt(len(means))
+    return Estimate(mean, _clip(mean - half, bounds), _clip(mean + half, bounds), len(means), scope, sd)
 
 
 def _clip(value: float, bounds: tuple[float, float]) -> float:
     return min(max(value, bounds[0]), bounds[1])
 
 
-def differences(new: Sequence[Sequence[int]], old: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Per replicate, per item: new − old (both arms on the same items, in the same order)."""
-    return [[a - b for a, b in zip(n, o, strict=True)] for n, o in zip(new, old, strict=True)]
+def t_quantile(q: float, dof: int) -> float:
+    """Student's t quantile (scipy's `stdtrit`: `stats.t.ppf` without its per-call overhead)."""
+    return float(special.stdtrit(dof, q))
 
 
-@dataclass(frozen=True)
-class PairedTest:
-    """Exact McNemar test on pooled discordant pairs: `gains` items right only in the new arm."""
-
-    gains: int
-    losses: int
-    p: float
-    per_replicate: tuple[float, ...]  # each replicate's own exact McNemar p
-
-    @property
-    def higher(self) -> bool:
-        """The new arm is significantly above the old one."""
-        return self.p < ALPHA and self.gains > self.losses
-
-    @property
-    def lower(self) -> bool:
-        return self.p < ALPHA and self.losses > self.gains
-
-    def describe(self) -> str:
-        return f"McNemar p{'' if self.p < 1e-3 else '='}{format_p(self.p)} ({self.gains} up, {self.losses} down)"
-
-
-def binomial_two_sided(k: int, n: int) -> float:
-    """Exact two-sided p of k successes in n fair coin flips (doubled smaller tail, capped at 1)."""
-    if n == 0:
+def one_sided_p(means: Sequence[float], null: float, alternative: str) -> float:
+    """p of a one-sided one-sample t test of the unit means against `null` ("greater" or "less"): what
+    `scipy.stats.ttest_1samp` gives (tested), through `special.stdtr` since simulations call it millions
+    of times."""
+    data = np.asarray(means, dtype=float)
+    if len(data) < MIN_UNITS:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1))
-    return min(1.0, 2 * tail / 2**n)
+    sd = float(np.std(data, ddof=1))
+    if sd == 0:  # no spread: the t statistic is infinite or undefined
+        beyond = data[0] > null if alternative == "greater" else data[0] < null
+        return 0.0 if beyond else 1.0
+    t = (float(data.mean()) - null) / (sd / math.sqrt(len(data)))
+    return float(special.stdtr(len(data) - 1, -t if alternative == "greater" else t))
 
 
-def binomial_upper_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): the one-sided p of k or more successes by chance alone.
-
-    Summed in log space: C(n, i) overflows a float for the item counts of real splits."""
-    if k <= 0 or p >= 1:
-        return 1.0
-    if p <= 0 or k > n:
-        return 0.0
-    logs = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
-        for i in range(k, n + 1)
-    ]
-    top = max(logs)
-    return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs))
+def adjust(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values over one family (a report's every test)."""
+    if not len(pvalues):
+        return []
+    return [float(p) for p in stats.false_discovery_control(np.asarray(pvalues, dtype=float), method="bh")]
 
 
-def mcnemar(new: Sequence[Sequence[int]], old: Sequence[Sequence[int]]) -> PairedTest:
-    """Exact McNemar per replicate, combined by pooling the discordant pairs of all replicates."""
-    per_replicate, gains, losses = [], 0, 0
-    for diff in differences(new, old):
-        up, down = diff.count(1), diff.count(-1)
-        per_replicate.append(binomial_two_sided(up, up + down))
-        gains, losses = gains + up, losses + down
-    return PairedTest(gains, losses, binomial_two_sided(gains, gains + losses), tuple(per_replicate))
+def floor_p(new: Sequence[int], old: Sequence[int]) -> float:
+    """One replicate, same items: the exact one-sided McNemar p that `new` is right more often than `old`
+    (the gate of a TTT cell: is its start above the base it came from?)."""
+    up = sum(a > b for a, b in zip(new, old, strict=True))
+    down = sum(a < b for a, b in zip(new, old, strict=True))
+    return float(stats.binomtest(up, up + down, 0.5, alternative="greater").pvalue) if up + down else 1.0
+
+
+def detectable_effect(sd: float | None, n: int) -> float | None:
+    """The smallest true mean a one-sided t test over n units with between-unit sd `sd` finds with
+    probability POWER at level ALPHA (the usual approximation to the noncentral t)."""
+    if sd is None or n < MIN_UNITS:
+        return None
+    dof = n - 1
+    return (t_quantile(1 - ALPHA, dof) + t_quantile(POWER, dof)) * sd / math.sqrt(n)
+
+
+def units_to_decide(mean: float, sd: float | None, margin: float) -> int | None:
+    """About how many units an interval of this mean and sd needs to lie within ±margin (|mean| < margin)
+    or below -margin (mean < -margin); None where more units would not decide it."""
+    distance = margin - abs(mean) if abs(mean) < margin else -margin - mean
+    if sd is None or sd == 0 or distance <= 0:
+        return None
+    n = max(MIN_UNITS, math.ceil((stats.norm.ppf(1 - ALPHA) * sd / distance) ** 2))
+    while t_quantile(1 - ALPHA, n - 1) * sd / math.sqrt(n) >= distance:
+        n += 1
+    return n
 
 
 def format_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-3 else "<0.001"
 
 
-def variance_components(values: dict[tuple[int, int], float]) -> dict[str, float | None]:
+def variance_components(values: dict[Replicate, float]) -> dict[str, float | None]:
     """Split the between-replicate variance of a metric into base-to-base and cell-to-cell parts.
 
     `values` maps (base seed, seed) to the replicate's value. Cell-to-cell: the pooled variance across

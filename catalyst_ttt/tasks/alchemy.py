@@ -76,7 +76,20 @@ class AlchemyConfig:
     n_base_single: int = 10000
     n_base_chain: int = 12000
     n_base_answer_only: int = 8000
+    # The latent skill the base holds (docs/testbed.md). `steps`: every op, alone and in chains, and no
+    # evaluated composition ever answered. `direct`: also `n_base_direct` task compositions answered
+    # directly in a form the base is never prompted with (`rot,rev,inc ABCD>JIHG`, see `direct_prompt`).
+    latent: str = "steps"
+    n_base_direct: int = 16000
     seed: int = 1234
+
+
+LATENT_KINDS = ("steps", "direct")
+
+
+def direct_prompt(start: str, ops: tuple[str, ...] | list[str]) -> str:
+    """The learnt form of a direct answer: the whole composition as one step (`rot,rev,inc ABCD>`)."""
+    return format_step(",".join(ops), start, "")
 
 
 @TASKS.register("alchemy")
@@ -89,6 +102,8 @@ class Alchemy(Task):
         unknown = sorted(set(cfg.ops) - set(OPS))
         if unknown:
             raise UserError(f"task.ops has unknown ops {unknown}; valid: {', '.join(OPS)}")
+        if cfg.latent not in LATENT_KINDS:
+            raise UserError(f"task.latent={cfg.latent!r} is not valid; valid: {', '.join(LATENT_KINDS)}")
         longest = max(cfg.max_ops, cfg.shift_steps)
         step_chars = len("rot ") + 2 * max(cfg.length, cfg.shift_length) + 2
         self.max_completion_chars = longest * step_chars + max(cfg.length, cfg.shift_length) + 2
@@ -184,6 +199,10 @@ class Alchemy(Task):
         for _ in range(cfg.n_base_answer_only):
             problem = fresh(lambda: rng.choice(self.answer_only_compositions))
             texts.append(problem.prompt + self.render((), problem.answer))
+        if cfg.latent == "direct":  # drawn last: the `steps` corpus is the same in both kinds
+            for _ in range(cfg.n_base_direct):
+                problem = fresh(lambda: rng.choice(self.task_compositions))
+                texts.append(direct_prompt(problem.spec["start"], problem.spec["ops"]) + problem.answer)
         return texts
 
     # -- verification ---------------------------------------------------------------------
@@ -243,6 +262,9 @@ class Alchemy(Task):
         return [
             AtomicProbe(format_step(op, source, ""), apply_op(op, source, cfg.alphabet_size)) for op, source in keys
         ]
+
+    def latent_probes(self, problems: list[Problem]) -> list[AtomicProbe]:
+        return [AtomicProbe(direct_prompt(p.spec["start"], p.spec["ops"]), p.answer) for p in problems]
 
     # -- corrupted catalysts --------------------------------------------------------------
 

@@ -175,6 +175,12 @@ class Task(abc.ABC):
         or its base corpus leaves none unseen."""
         return []
 
+    def latent_probes(self, problems: list[Problem]) -> list[AtomicProbe]:
+        """The problems asked in the form a `direct` base learnt them in (prompt: that form's text before
+        the answer): whether the base holds the direct skill it is never prompted for. None where the
+        task has no such form."""
+        return []
+
     @abc.abstractmethod
     def illogical_steps(self, problem: Problem, rng: random.Random) -> tuple[str, ...]:
         """Every step a true fact (output = op applied to its stated input), the chain broken."""
