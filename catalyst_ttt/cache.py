@@ -87,14 +87,22 @@ def cached_keys(cache_dir: str | Path, kind: str) -> set[str]:
     return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} if root.is_dir() else set()
 
 
+def _beside(directory: Path, name: str, key_data) -> Path:
+    return directory / f"{name}-{config_hash(key_data)}.json"
+
+
+def measured_beside(directory: Path, name: str, key_data):
+    """A measurement `beside_checkpoint` kept for this key, or None."""
+    return read_json(_beside(directory, name, key_data))
+
+
 def beside_checkpoint(directory: Path | None, name: str, key_data, compute: Callable[[], dict]) -> dict:
     """`compute()`, kept beside a cached checkpoint's weights as `<name>-<hash of key_data>.json`: a
     measurement of the checkpoint alone is made once, and every cell that starts from it reads it back.
     `directory` None (a checkpoint outside the cache): computed every time."""
-    saved = directory / f"{name}-{config_hash(key_data)}.json" if directory is not None else None
-    if saved is not None and (known := read_json(saved)) is not None:
+    if directory is not None and (known := measured_beside(directory, name, key_data)) is not None:
         return known
     value = compute()
-    if saved is not None:
-        write_json(saved, value)
+    if directory is not None:
+        write_json(_beside(directory, name, key_data), value)
     return value

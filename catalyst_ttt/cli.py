@@ -120,7 +120,7 @@ def sweep(
 ) -> None:
     """Run a sweep as a Hydra multirun; finished cells are skipped."""
     from catalyst_ttt import sweep as sweeps
-    from catalyst_ttt.results import check_writable
+    from catalyst_ttt.results import COMPLETE, check_writable
 
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
@@ -137,35 +137,25 @@ def sweep(
     runs_dir = cells[0].config.runs_dir
     console.print(f"results: {runs_dir}/{name}/  ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})")
     console.print(f"report: cttt report {name}    W&B offline runs: wandb sync {runs_dir}/{name}/*/wandb/offline-run-*")
-    unfinished = sum(v for k, v in counts.items() if k not in ("done", "diverged"))
+    unfinished = sum(v for k, v in counts.items() if k not in COMPLETE)
     if unfinished:
         err_console.print(f"{unfinished} of {len(cells)} cells did not finish (failed, pending or stale)")
         raise typer.Exit(1)
 
 
-def _print_plan(plan, cells) -> None:
-    from catalyst_ttt.cache import cache_key, cached_keys
-    from catalyst_ttt.pipeline import base_key, catalyst_key
+def _print_plan(sweep, cells) -> None:
+    from catalyst_ttt.checkpoints import plan
+    from catalyst_ttt.results import COMPLETE
 
-    table = Table(title=f"sweep {plan.name}: {len(cells)} cells")
-    for column in ("cell", "state", "base", "catalyst"):
+    table = Table(title=f"sweep {sweep.name}: {len(cells)} cells")
+    for column in ("cell", "state", "base", "catalyst", "ttt"):
         table.add_column(column)
     for cell in cells:
-        cfg = cell.config
-        bases, catalysts = cached_keys(cfg.cache_dir, "base"), cached_keys(cfg.cache_dir, "catalyst")
-        base_hash = cache_key(base_key(cfg)) if cfg.model.kind == "tiny" else None
-        cat_hash = cache_key(catalyst_key(cfg, base_hash or cfg.model.name_or_path))
-        table.add_row(
-            cell.id,
-            cell.state(),
-            "pretrained" if base_hash is None else ("cached" if base_hash in bases else "to train"),
-            "none" if cfg.regime.name == "none" else ("cached" if cat_hash in catalysts else "to train"),
-        )
+        steps = plan(cell.config)
+        table.add_row(cell.id, cell.state(), steps.base, steps.catalyst, steps.ttt)
     console.print(table)
-    done = sum(c.state() in ("done", "diverged") for c in cells)
-    console.print(
-        f"{done}/{len(cells)} cells done; axes: " + "; ".join(f"{k}={','.join(v)}" for k, v in plan.axes.items())
-    )
+    done = sum(c.state() in COMPLETE for c in cells)
+    console.print(f"{done}/{len(cells)} cells done; axes: {sweep.describe_axes()}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ misspelt key or a value of the wrong type fails before any compute, as one clear
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -18,11 +19,13 @@ from typing import Any, get_type_hints
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException, MissingConfigException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from catalyst_ttt.anchors import check_anchor
+from catalyst_ttt.anchors import anchor_parts, check_anchor
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import (
@@ -67,25 +70,82 @@ def config_hash(node: Any) -> str:
 
 def compose_cell(overrides: list[str]) -> DictConfig:
     """Compose one cell's config; any Hydra or type error becomes a one-line UserError."""
-    deletions = [o for o in overrides if o.lstrip().startswith("~")]
-    if deletions:
-        raise UserError(f"{deletions[0]!r}: deleting a key is not valid here; every key has a value, set it instead")
+    return compose_cells([overrides])[0]
+
+
+def compose_cells(grid: list[list[str]]) -> list[DictConfig]:
+    """Each grid point's config, validated. Hydra composes once per choice of config-group options (and
+    additions, deletions, Hydra's own keys); every other override sets an existing key of a copy, typed by
+    the schema as Hydra would, so a sweep of hundreds of cells plans in seconds."""
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    validated: set[str] = set()  # designs already checked: replicates differ in their seeds alone
+    cells = []
+    for overrides in grid:
+        deletions = [o for o in overrides if o.lstrip().startswith("~")]
+        if deletions:
+            raise UserError(
+                f"{deletions[0]!r}: deleting a key is not valid here; every key has a value, set it instead"
+            )
+        try:
+            parsed = parser.parse_overrides(list(overrides))
+        except OverrideParseException as err:
+            raise UserError(" ".join(str(err).split())) from None
+        structural = tuple(o.input_line for o in parsed if _needs_hydra(o))
+        if structural not in composed:
+            composed[structural] = _compose(list(structural))
+            missing = sorted(OmegaConf.missing_keys(composed[structural]))
+            if missing:
+                raise UserError(f"{missing[0]} has no value; give one, e.g. {missing[0]}=<value>")
+        cfg = copy.deepcopy(composed[structural])
+        for override in parsed:
+            if not _needs_hydra(override):
+                _set(cfg, override)
+        make_paths_absolute(cfg)
+        plain = OmegaConf.to_container(cfg)
+        design = json.dumps({**plain, "seed": None, "base": {**plain["base"], "seed": None}}, default=str)
+        if design in validated:
+            for key in ("seed", "base.seed"):
+                _check_range(key, OmegaConf.select(cfg, key), RANGES[key])
+        else:
+            validate(cfg)
+            validated.add(design)
+        cells.append(cfg)
+    return cells
+
+
+def _needs_hydra(override: Override) -> bool:
+    """Group choices, additions and Hydra's keys change what is composed; plain `key=value`s only set it."""
+    return (
+        override.key_or_group in GROUPS
+        or override.is_add()
+        or override.is_force_add()
+        or override.is_hydra_override()
+        or override.package is not None
+    )
+
+
+def _compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+            return compose(config_name="config", overrides=overrides)
     except MissingConfigException as err:
         raise UserError(_missing_option_message(err)) from None
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(_override_message(err)) from None
     finally:
         GlobalHydra.instance().clear()
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise UserError(f"{missing[0]} has no value; give one, e.g. {missing[0]}=<value>")
-    make_paths_absolute(cfg)
-    validate(cfg)
-    return cfg
+
+
+def _set(cfg: DictConfig, override: Override) -> None:
+    """`key=value` on the composed config, checked against the schema as Hydra's own override is."""
+    try:
+        OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True, force_add=False)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        raise UserError(_unknown_key_message(err.full_key or override.key_or_group)) from None
+    except OmegaConfBaseException as err:
+        raise UserError(f"Error merging override {override.input_line}: {_first_line(err)}") from None
 
 
 def make_paths_absolute(cfg: DictConfig) -> None:
@@ -114,14 +174,18 @@ def _override_message(err: Exception) -> str:
     """Hydra's message plus its cause, with the valid keys when a key does not exist."""
     cause = err.__cause__
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
-        parent = cause.full_key.rpartition(".")[0]
-        schema = OmegaConf.structured(CellConfig)
-        node = OmegaConf.select(schema, parent) if parent else schema
-        if isinstance(node, DictConfig):
-            return f"unknown key {cause.full_key!r}; valid keys{' of ' + parent if parent else ''}: {', '.join(node)}"
-        return f"unknown key {cause.full_key!r}; valid: the keys in conf/{parent}/<name>.yaml"
+        return _unknown_key_message(cause.full_key)
     text = _first_line(err)
     return f"{text}: {_first_line(cause)}" if cause is not None else text
+
+
+def _unknown_key_message(full_key: str) -> str:
+    parent = full_key.rpartition(".")[0]
+    schema = OmegaConf.structured(CellConfig)
+    node = OmegaConf.select(schema, parent) if parent else schema
+    if isinstance(node, DictConfig):
+        return f"unknown key {full_key!r}; valid keys{' of ' + parent if parent else ''}: {', '.join(node)}"
+    return f"unknown key {full_key!r}; valid: the keys in conf/{parent}/<name>.yaml"
 
 
 def _first_line(err: Exception) -> str:
@@ -158,6 +222,10 @@ def validate(cfg: DictConfig) -> None:
             f"ttt.anchor={cfg.ttt.anchor} anchors GRPO, which signal {cfg.signal.name} does not train with; "
             f"use ttt.anchor=none or a GRPO signal: {', '.join(grpo)}"
         )
+    if not SIGNALS.get(cfg.signal.name).rewards and "replay" not in anchor_parts(cfg.ttt.anchor):
+        raise UserError(
+            f"signal {cfg.signal.name} trains nothing without a replay anchor; use ttt.anchor=replay or kl+replay"
+        )
     if cfg.model.kind == "tiny" and cfg.model.hidden_size % cfg.model.num_heads:
         raise UserError(
             f"model.hidden_size={cfg.model.hidden_size} is not valid; it must be a multiple of "
@@ -170,7 +238,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_sampled_splits(names, task) -> None:
-    valid = [name for name in task.splits() if name not in TRAINING_SPLITS]
+    valid = [name for name in split_sizes(task) if name not in TRAINING_SPLITS]
     unknown = [name for name in names if name not in valid]
     if unknown or "id" not in names:
         what = f"has {unknown[0]!r}, not an eval split" if unknown else "must include id (stability reads its samples)"
@@ -311,8 +379,24 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # mtime and size 
     return digest.hexdigest()
 
 
-# Modules that only present results: editing them does not change what a cell computes.
-PRESENTATION = {"cli.py", "report.py", "bench.py", "sweep.py", "__main__.py"}
+# Modules that never change what a cell computes, only how cells are configured, launched, stored, judged
+# and presented: editing them keeps every cached checkpoint and finished cell. Every other module counts.
+NOT_COMPUTING = (
+    "__main__.py",
+    "bench.py",
+    "cache.py",
+    "cli.py",
+    "config.py",
+    "errors.py",
+    "hypotheses.py",
+    "metrics/aggregate.py",
+    "metrics/statistics.py",
+    "report",
+    "results.py",
+    "simulation.py",
+    "sweep.py",
+    "tracking.py",
+)
 
 
 @functools.cache
@@ -326,8 +410,9 @@ def code_fingerprint() -> str:
         release = "unreleased"
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        if path.name not in PRESENTATION:
-            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+        name = path.relative_to(PACKAGE_DIR).as_posix()
+        if not name.startswith(NOT_COMPUTING):
+            digest.update(name.encode() + b"\0" + path.read_bytes())
     return f"{release}+{digest.hexdigest()[:12]}"
 
 
@@ -373,10 +458,12 @@ def semantic_dict(cfg: DictConfig) -> dict:
     }
 
 
-def cell_id(cfg: DictConfig) -> str:
+def cell_identity(cfg: DictConfig) -> tuple[str, str]:
+    """The cell's id (readable axes and a short hash) and the hash of what it computes (`semantic_dict`)."""
+    semantic = config_hash(semantic_dict(cfg))
     return (
-        f"{cfg.task.name}-{model_label(cfg)}-{cfg.regime.name}-{cfg.signal.name}"
-        f"-s{cfg.seed}-{config_hash(semantic_dict(cfg))[:8]}"
+        f"{cfg.task.name}-{model_label(cfg)}-{cfg.regime.name}-{cfg.signal.name}-s{cfg.seed}-{semantic[:8]}",
+        semantic,
     )
 
 

@@ -78,7 +78,7 @@ def evaluate_split(
 ) -> SplitResult:
     """Greedy accuracy and process metrics; with `sampled`, mean/maj/pass@k from `cfg.samples` samples."""
     prompts = [p.prompt for p in problems]
-    budget = task.max_completion_chars
+    budget = task.completion_budget(problems)
     greedy = [g[0] for g in generate(model, tokenizer, prompts, budget, batch_size=cfg.batch_size)]
     samples = (
         generate(

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -54,7 +54,7 @@ def new_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: i
     return LlamaForCausalLM(config)
 
 
-def untrained_checkpoint(cfg: DictConfig, owner: str) -> str:
+def untrained_checkpoint(cfg: DictConfig, key: dict, owner: str) -> str:
     """The tiny model as initialised with `base.seed`, never trained, from the phase cache: where a
     `catalyst.from_scratch` catalyst starts (Stechly et al.'s protocol: no base pretraining)."""
 
@@ -62,7 +62,6 @@ def untrained_checkpoint(cfg: DictConfig, owner: str) -> str:
         tokenizer = char_tokenizer()
         save_checkpoint(new_tiny_model(cfg.model, tokenizer, cfg.base.seed), tokenizer, directory)
 
-    key = {"model": OmegaConf.to_container(cfg.model, resolve=True), "init_seed": cfg.base.seed}
     path, _ = cached_checkpoint(cfg.cache_dir, "scratch", key, build, owner, cfg.lock_timeout)
     return str(path)
 

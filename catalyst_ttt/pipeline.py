@@ -6,20 +6,35 @@ checkpoints come from the phase cache, so cells of a sweep share them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from catalyst_ttt.anchors import kl_beta, replay_weight
 from catalyst_ttt.cache import beside_checkpoint, cached_checkpoint
-from catalyst_ttt.config import build_task, task_key
+from catalyst_ttt.checkpoints import (
+    BASE_EVAL,
+    START_EVAL,
+    base_eval_key,
+    base_key,
+    catalyst_key,
+    checkpoint_name,
+    plain,
+    reader_key,
+    scratch_key,
+    start_eval_key,
+    trains_at_test_time,
+)
+from catalyst_ttt.config import build_task
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
-from catalyst_ttt.metrics.information_gain import information_gain
+from catalyst_ttt.metrics.information_gain import calibration, information_gain, reader_rows, unfaithful_steps
 from catalyst_ttt.metrics.probes import catalyst_probes
+from catalyst_ttt.metrics.statistics import ALPHA, floor_p, format_p
 from catalyst_ttt.models import (
     char_tokenizer,
     load_pretrained,
@@ -30,7 +45,7 @@ from catalyst_ttt.models import (
     with_chat_template,
 )
 from catalyst_ttt.record import CellRecord
-from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, catalyst_rows
+from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, answer_leak, catalyst_sample
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tasks.base import TRAINING_SPLITS, Problem, Task
 from catalyst_ttt.training import (
@@ -58,25 +73,34 @@ def run_cell(cfg: DictConfig) -> dict:
             base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name)
         splits = with_chat_template(task.splits(), load_tokenizer(base_ref, cfg.model))
         # 2. catalyst: SFT on the regime's rows (cached per base, regime, budget, seed)
+        rows, result["catalyst_data"] = catalyst_data(cfg, task, splits["train"])
         with record.phase("catalyst"):
-            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, splits, base_ref, record.name)
+            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, rows, base_ref, record.name)
         model, tokenizer = load_pretrained(start_ref, cfg.model)
         with record.phase("pre_ttt"):
-            result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
+            start = start_evaluation(cfg, task, splits, model, start_ref, tokenizer)
+            base = (
+                base_evaluation(cfg, task, splits["id"], base_ref, tokenizer) if start_ref != base_ref else start["id"]
+            )
+            result["pre_ttt"], result["items"] = pre_ttt_accuracy(start["id"], base)
+            result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
-        result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
+        # the floor gate: TTT from a start that does not beat its base has nothing to keep, so it is not run
+        if gate := floor_gate(cfg, result["items"]["id"]):
+            record.gate(gate)
+            return record.result
         # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
-        result["anchor"], replay = anchor_of(cfg, task, splits)
+        result["anchor"], replay = anchor_of(cfg, rows)
         with record.phase("ttt"):
             trajectory.record(0, model)
             last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker, replay)
             trajectory.record(last_step, model)
         result["ttt"] = tracker.means(("ttt/", "ttrl/"))  # TTT diagnostics, averaged over logged steps
         result["timing"]["trajectory_s"] = trajectory.seconds  # part of ttt_s
-        # 4. eval: every split, information gain under the reader, stability over the trajectory
+        # 4. eval: every split (without TTT the start's), information gain under the reader, stability
         with record.phase("eval"):
-            evaluated = evaluate_splits(cfg, task, splits, model, tokenizer)
+            evaluated = evaluate_splits(cfg, task, splits, model, tokenizer) if last_step else start
         with record.phase("ig"):
             reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"])
             result["ig"] = cell_information_gain(cfg, task, splits["id"], evaluated["id"], reader, tokenizer)
@@ -85,13 +109,68 @@ def run_cell(cfg: DictConfig) -> dict:
     return record.result
 
 
+def cached_beside(cfg: DictConfig, checkpoint: str, name: str, key, compute) -> Any:
+    """`compute()` kept beside a checkpoint of the phase cache (computed every time for any other model)."""
+    path = Path(checkpoint)
+    directory = path if path.is_relative_to(Path(cfg.cache_dir)) else None
+    return beside_checkpoint(directory, name, key, compute)
+
+
+def start_evaluation(cfg, task, splits, model, start_ref: str, tokenizer) -> dict[str, SplitResult]:
+    """Every split evaluated on the TTT start, once per checkpoint and sampling seed: the ignition cell
+    (signal `none`) and every TTT cell of that start share it."""
+    saved = cached_beside(
+        cfg,
+        start_ref,
+        START_EVAL,
+        start_eval_key(cfg),
+        lambda: _as_json(evaluate_splits(cfg, task, splits, model, tokenizer)),
+    )
+    return {name: SplitResult(**split) for name, split in saved.items()}
+
+
+def base_evaluation(cfg, task, problems: list[Problem], base_ref: str, tokenizer) -> SplitResult:
+    """Greedy id accuracy of the base, per item (the `none` arm of ignition), once per base checkpoint."""
+    problems = problems[: cfg.eval.max_per_split]
+
+    def compute() -> dict:
+        base = load_pretrained(base_ref, cfg.model)[0]
+        return asdict(evaluate_split(task, problems, base, tokenizer, cfg.eval, cfg.seed, sampled=False))
+
+    return SplitResult(**cached_beside(cfg, base_ref, BASE_EVAL, base_eval_key(cfg), compute))
+
+
+def _as_json(evaluated: dict[str, SplitResult]) -> dict:
+    return {name: asdict(split) for name, split in evaluated.items()}
+
+
+def pre_ttt_accuracy(start: SplitResult, base: SplitResult) -> tuple[dict, dict]:
+    """Greedy id accuracy of the TTT start point and of the base (regime `none`), per item: ignition."""
+    metrics = {
+        "acc/greedy": start.metrics["acc/greedy"],
+        "base_acc/greedy": base.metrics["acc/greedy"],
+        "process/step_validity": start.metrics["process/step_validity"],
+    }
+    return metrics, {"id": {"base": base.correct, "start": start.correct}}
+
+
+def floor_gate(cfg: DictConfig, items: dict) -> dict | None:
+    """Why this cell's TTT is not run (its start does not beat its base on the same id items: exact
+    one-sided test, metrics/aggregate.above_floor), or None when it trains."""
+    if not cfg.ttt.gate or not trains_at_test_time(cfg):
+        return None
+    p = floor_p(items["start"], items["base"])
+    if cfg.regime.name != "none" and p < ALPHA:
+        return None
+    start, base = (sum(items[arm]) / max(1, len(items[arm])) for arm in ("start", "base"))
+    return {"p": p, "start": start, "base": base, "reason": f"start {start:.3f} vs base {base:.3f}, p={format_p(p)}"}
+
+
 def start_probes(cfg, task, splits, model, start_ref: str, base_ref: str, tokenizer) -> dict:
     """The probes of the TTT start point (metrics/probes.py), measured once per cached checkpoint."""
-    start = Path(start_ref)
-    directory = start if start.is_relative_to(Path(cfg.cache_dir)) else None
-    key = [_plain(cfg.metrics.probes), cfg.eval.max_per_split]
-    return beside_checkpoint(
-        directory, "probes", key, lambda: catalyst_probes(cfg, task, splits, model, base_ref, tokenizer)
+    key = [plain(cfg.metrics.probes), cfg.eval.max_per_split]
+    return cached_beside(
+        cfg, start_ref, "probes", key, lambda: catalyst_probes(cfg, task, splits, model, base_ref, tokenizer)
     )
 
 
@@ -124,6 +203,7 @@ def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
             lr=cfg.base.lr,
             seed=cfg.base.seed,
             max_length=cfg.model.max_positions,
+            packed=cfg.base.packed,
         )
         save_checkpoint(model, tokenizer, directory)
 
@@ -131,29 +211,20 @@ def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
     return str(path), "trained" if built else "cached"
 
 
-def base_key(cfg: DictConfig) -> dict:
-    """Exactly what determines a tiny base model (a cell's `seed` does not: `base.seed` does)."""
-    return {"task": task_key(cfg), "model": _plain(cfg.model), "base": _plain(cfg.base)}
+def catalyst_data(cfg: DictConfig, task: Task, pool: list[Problem]) -> tuple[list[dict], dict]:
+    """The regime's rows for this cell, and what they hold: how many, and how often their trace hands
+    over the gold answer (regimes.answer_leak)."""
+    sample = catalyst_sample(pool, cfg.catalyst.n, cfg.seed)
+    rows = REGIMES.get(cfg.regime.name)(sample, task, cfg.regime, cfg.seed)
+    return rows, {"rows": len(rows)} | (answer_leak(task, sample, rows) if rows else {})
 
 
-def catalyst_key(cfg: DictConfig, base_name: str) -> dict:
-    """Exactly what determines a catalyst checkpoint."""
-    return {
-        "base": base_name,
-        "task": task_key(cfg),
-        "regime": _plain(cfg.regime),
-        "catalyst": _plain(cfg.catalyst),
-        "seed": cfg.seed,
-    }
-
-
-def catalyst_checkpoint(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str) -> tuple[str, str]:
-    rows = catalyst_rows(cfg.regime.name, splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed)
+def catalyst_checkpoint(cfg: DictConfig, task: Task, rows: list[dict], base_ref: str, owner: str) -> tuple[str, str]:
     if not rows:
         return base_ref, "skipped"
     c = cfg.catalyst
-    origin = untrained_checkpoint(cfg, owner) if c.from_scratch else base_ref
-    key = catalyst_key(cfg, base_name(cfg, origin))
+    origin = untrained_checkpoint(cfg, scratch_key(cfg), owner) if c.from_scratch else base_ref
+    key = catalyst_key(cfg, checkpoint_name(cfg, origin))
     path, built = fine_tuned(cfg, task, origin, rows, (c.steps, c.batch_size, c.lr, cfg.seed), "catalyst", key, owner)
     return path, "trained" if built else "cached"
 
@@ -180,34 +251,11 @@ def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind
     return str(path), built
 
 
-def base_name(cfg: DictConfig, base_ref: str) -> str:
-    return Path(base_ref).name if cfg.model.kind == "tiny" else base_ref
-
-
-def pre_ttt_accuracy(cfg, task, problems, model, base_ref, tokenizer) -> tuple[dict, dict]:
-    """Greedy id accuracy of the TTT start point and of the base (regime `none`), per item: ignition."""
-    problems = problems[: cfg.eval.max_per_split]
-    start = evaluate_split(task, problems, model, tokenizer, cfg.eval, cfg.seed, sampled=False)
-    base = (
-        start
-        if cfg.regime.name == "none"
-        else evaluate_split(
-            task, problems, load_pretrained(base_ref, cfg.model)[0], tokenizer, cfg.eval, cfg.seed, sampled=False
-        )
-    )
-    metrics = {
-        "acc/greedy": start.metrics["acc/greedy"],
-        "base_acc/greedy": base.metrics["acc/greedy"],
-        "process/step_validity": start.metrics["process/step_validity"],
-    }
-    return metrics, {"id": {"base": base.correct, "start": start.correct}}
-
-
-def anchor_of(cfg: DictConfig, task: Task, splits: dict) -> tuple[dict, list[dict]]:
+def anchor_of(cfg: DictConfig, catalyst: list[dict]) -> tuple[dict, list[dict]]:
     """The anchor's resolved weights for result.json, and the rows replay trains on: the very rows the
     catalyst was trained on (none for regime `none`, where replay is a no-op, noted)."""
     weight = replay_weight(cfg.ttt)
-    rows = catalyst_rows(cfg.regime.name, splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed) if weight else []
+    rows = catalyst if weight else []
     info = {"anchor": cfg.ttt.anchor, "beta": kl_beta(cfg.ttt), "replay_weight": weight, "replay_rows": len(rows)}
     if weight and not rows:
         info["note"] = f"regime {cfg.regime.name} has no catalyst rows: replay is a no-op"
@@ -228,7 +276,7 @@ def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, 
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
         reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer)
-        grpo(model, tokenizer, prompts, reward_fn, cfg, task.max_completion_chars, [hook], replay)
+        grpo(model, tokenizer, prompts, reward_fn, cfg, task.completion_budget(problems), [hook], replay)
         return cfg.ttt.steps
     return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
 
@@ -250,10 +298,9 @@ def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: s
     if ig.scorer:
         phases["reader"] = "given"
         return Reader(load_pretrained(ig.scorer, cfg.model)[0], None)
-    rows = REGIMES.get("correct")(splits["reader"], task, cfg.regime, 0)
-    schedule = (ig.reader_steps, ig.reader_batch_size, ig.reader_lr, 0)
-    key = {"base": base_name(cfg, base_ref), "task": task_key(cfg), "reader": list(schedule)}
-    path, built = fine_tuned(cfg, task, base_ref, rows, schedule, "reader", key, owner)
+    rows = reader_rows(task, splits["reader"])
+    key = reader_key(cfg, checkpoint_name(cfg, base_ref))
+    path, built = fine_tuned(cfg, task, base_ref, rows, tuple(key["reader"]), "reader", key, owner)
     phases["reader"] = "trained" if built else "cached"
     return Reader(load_pretrained(path, cfg.model)[0], Path(path))
 
@@ -266,33 +313,33 @@ def cell_information_gain(cfg, task, problems, final: SplitResult, reader: Reade
     count = cfg.metrics.ig.max_items
     problems, completions = problems[:count], final.completions[:count]
     traces = [task.parse(c).steps for c in completions]
-    answers = [p.answer for p in problems]
-    return information_gain(task, reader.model, tokenizer, [p.prompt for p in problems], traces, answers)
+    prompts, answers = [p.prompt for p in problems], [p.answer for p in problems]
+    return information_gain(task, reader.model, tokenizer, prompts, traces, answers, final.correct[:count])
 
 
 def ig_calibration(cfg, task, problems, reader: Reader | None, tokenizer) -> dict:
-    """ig/total under the reader of gold, swapped, illogical and corrupted traces of `heldout` items:
-    IG is interpretable when gold > 0 and gold > every corruption (report.IGCalibration).
+    """ig/total under the reader of gold, swapped, illogical, corrupted and unfaithful-correct traces of
+    `heldout` items, with the gold answer: IG is interpretable when gold > 0 and gold > every other kind.
 
     It depends on the reader and the regimes' options only, so a cached reader keeps it beside its
     weights and every cell of that reader reads it back."""
     if reader is None:
         return {}
 
+    def regime_traces(name: str):
+        def build(chosen: list[Problem]) -> list[tuple[str, ...]]:
+            return [task.parse(row["completion"]).steps for row in REGIMES.get(name)(chosen, task, cfg.regime, 0)]
+
+        return build
+
+    def unfaithful(chosen: list[Problem]) -> list[tuple[str, ...] | None]:
+        return [unfaithful_steps(task, p, random.Random(i)) for i, p in enumerate(chosen)]
+
+    kinds = {name: regime_traces(name) for name in CALIBRATION_REGIMES if name in REGIMES} | {"unfaithful": unfaithful}
+    chosen = problems[: cfg.metrics.ig.max_items]
+
     def measure() -> dict:
-        chosen = problems[: cfg.metrics.ig.max_items]
-        prompts, answers = [p.prompt for p in chosen], [p.answer for p in chosen]
-        out = {}
-        for name in CALIBRATION_REGIMES:
-            if name in REGIMES:
-                rows = REGIMES.get(name)(chosen, task, cfg.regime, 0)
-                traces = [task.parse(row["completion"]).steps for row in rows]
-                out[name] = information_gain(task, reader.model, tokenizer, prompts, traces, answers)["ig/total"]
-        return out
+        return calibration(task, reader.model, tokenizer, chosen, kinds)
 
-    options = {k: v for k, v in _plain(cfg.regime).items() if k != "name"}
+    options = {k: v for k, v in plain(cfg.regime).items() if k != "name"}
     return beside_checkpoint(reader.directory, "calibration", [options, cfg.metrics.ig.max_items], measure)
-
-
-def _plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True)

@@ -13,9 +13,9 @@ import traceback
 
 from omegaconf import DictConfig, OmegaConf
 
-from catalyst_ttt.config import cell_id, config_hash, semantic_dict
+from catalyst_ttt.config import cell_identity
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
-from catalyst_ttt.results import RESULT, SAMPLES, CellDir
+from catalyst_ttt.results import GATED, RESULT, SAMPLES, CellDir
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import divergence_of
@@ -34,6 +34,8 @@ def axes_of(cfg: DictConfig) -> dict:
         "anchor": cfg.ttt.anchor,
         "catalyst_n": cfg.catalyst.n,
         "catalyst_steps": cfg.catalyst.steps,
+        "ttt_steps": cfg.ttt.steps,
+        "latent": cfg.task.get("latent"),  # the kind of latent skill the base holds (tasks with a choice)
         "base_seed": cfg.base.seed,
         "seed": cfg.seed,
     }
@@ -44,7 +46,7 @@ class CellRecord:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.name, self.config_hash = cell_id(cfg), config_hash(semantic_dict(cfg))
+        self.name, self.config_hash = cell_identity(cfg)
         self.store = CellDir(cfg.runs_dir, cfg.sweep, self.name)
         self.tracker: Tracker | None = None
         self.result: dict = {}
@@ -72,6 +74,7 @@ class CellRecord:
             "status": "failed",
             "uses_labels": uses_labels,
             "access": signal.access_of(cfg.signal),
+            "rewarded": signal.rewards,
             "axes": axes_of(cfg),
             "config": config,
             "host": socket.gethostname(),
@@ -91,7 +94,7 @@ class CellRecord:
         )
         try:
             yield self.result, self.tracker
-            self.result["status"] = "done"
+            self.result["status"] = GATED if "gate" in self.result else "done"
         except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the sweep goes on
             diverged = divergence_of(err)  # NaN loss, weights or reward, or sampling from NaN logits
             if diverged is not None:
@@ -101,6 +104,11 @@ class CellRecord:
                 (self.store.path / "error.log").write_text(traceback.format_exc())
         finally:
             self._close()
+
+    def gate(self, evidence: dict) -> None:
+        """Finish the cell before TTT (status `gated`): its start does not beat its base (`evidence` says by
+        how much), so there is nothing for TTT to keep."""
+        self.result["gate"] = evidence
 
     @contextlib.contextmanager
     def phase(self, name: str):

@@ -77,8 +77,23 @@ def corrupted(problems, task, cfg, seed) -> list[dict]:
     return [_row(task, p, task.corrupted_steps(p, rng)) for p in problems]
 
 
+def answer_leak(task: Task, problems: list[Problem], rows: list[dict]) -> dict[str, float]:
+    """Share of rows whose trace ends in its problem's gold answer (the trace's own answer is it) and
+    whose trace text holds that answer anywhere the prompt does not already show it: a corrupted trace
+    that hands the answer over is a disguised correct one (docs/regimes.md)."""
+    traces = [task.parse(row["completion"]).steps for row in rows]
+    ends = [task.answers_equal(task.trace_answer(t), p.answer) for t, p in zip(traces, problems)]
+    holds = [bool(t) and p.answer in task.render(t, "") and p.answer not in p.prompt for t, p in zip(traces, problems)]
+    count = max(1, len(rows))
+    return {"ends_in_answer": sum(ends) / count, "holds_answer": sum(holds) / count}
+
+
+def catalyst_sample(pool: list[Problem], n: int, seed: int) -> list[Problem]:
+    """The seeded sample of n problems of the catalyst pool a cell's catalyst is built from. A cell never
+    asks for more than the pool holds (`config.check_sizes` refuses it)."""
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
 def catalyst_rows(name: str, pool: list[Problem], task: Task, cfg: RegimeConfig, n: int, seed: int) -> list[dict]:
-    """The regime applied to a seeded sample of n problems from the catalyst pool. A cell never asks
-    for more than the pool holds (`config.check_sizes` refuses it); regime `none` uses no row."""
-    sample = random.Random(seed).sample(pool, min(n, len(pool)))
-    return REGIMES.get(name)(sample, task, cfg, seed)
+    """The regime applied to the cell's sample of the catalyst pool; regime `none` uses no row."""
+    return REGIMES.get(name)(catalyst_sample(pool, n, seed), task, cfg, seed)

@@ -23,7 +23,9 @@ RESULT, STATUS, TRAJECTORY, CONFIG, SAMPLES = (
     "samples.json",
 )
 GRID = "grid.json"  # runs/<sweep>/grid.json: the grid the last `cttt sweep` of that name ran
-FINAL = ("done", "diverged", "failed")
+GATED = "gated"  # finished before TTT: the start does not beat its base (pipeline.floor_gate)
+COMPLETE = ("done", "diverged", GATED)  # a cell in one of these states is never run again
+FINAL = (*COMPLETE, "failed")
 LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
 HOST = socket.gethostname()
 
@@ -97,9 +99,7 @@ class CellDir:
 
     def is_done(self, config_hash: str) -> bool:
         result = self.result()
-        return (
-            bool(result) and result.get("status") in ("done", "diverged") and result.get("config_hash") == config_hash
-        )
+        return bool(result) and result.get("status") in COMPLETE and result.get("config_hash") == config_hash
 
     def claim(self, config_hash: str, timeout: float) -> bool:
         """Hold this cell's lock until `release`: the same cell never runs twice at once.

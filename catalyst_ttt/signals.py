@@ -62,6 +62,7 @@ class Signal:
     needs_full_verifier: bool = False
     needs_format_shift: bool = False
     unscored: str = "zero"  # what a completion without an answer gets: "zero" or "group_min"
+    rewards: bool = True  # False: a control whose reward never varies (no "did not train" verdict for it)
 
     @property
     def description(self) -> str:
@@ -303,7 +304,7 @@ def cross_view(batch, cfg):
         batch.model,
         batch.tokenizer,
         views,
-        batch.task.max_completion_chars,
+        batch.task.completion_budget(batch.problems),
         samples=batch.group_size,
         temperature=batch.temperature,
         seed=batch.rng.randrange(2**31),
@@ -385,6 +386,16 @@ def random_reward(batch, cfg):
     """Bernoulli(0.5) per answered completion (spurious-reward control, arXiv 2506.10947)."""
     draws = [float(batch.rng.random() < 0.5) for _ in batch.completions]
     return [None if p.answer is None else d for p, d in zip(batch.parsed, draws)]
+
+
+@signal("replay_only", trainer="grpo", rewards=False)
+def replay_only(batch, cfg):
+    """Every completion scores 0, so GRPO makes no update and only the anchor's catalyst replay trains: the
+    replay-only control of the anchor study (how much of `replay`'s effect is extra SFT).
+
+    Valid only with an anchor that replays (`ttt.anchor=replay` or `kl+replay`).
+    """
+    return [0.0] * len(batch.completions)
 
 
 @signal("oracle", trainer="grpo", access="gold")

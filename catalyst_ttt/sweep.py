@@ -30,22 +30,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from catalyst_ttt import hypotheses
 from catalyst_ttt.config import (
     CONF_DIR,
     GROUPS,
-    cell_id,
+    cell_identity,
     check_name,
-    compose_cell,
-    config_hash,
-    semantic_dict,
+    compose_cells,
     shipped_dir,
 )
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.results import FINAL, GRID, CellDir, sweep_dir, write_json
+from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
 PLAIN = re.compile(r"[\w./:@+-]*[\w./:@-]|")  # needs no quotes in an override value
-SWEEP_KEYS = {"description", "axes", "overrides"}
+SWEEP_KEYS = {"description", "axes", "overrides", "hypotheses"}
+HYPOTHESES = "hypotheses.json"  # runs/<sweep>/: the study file's hypotheses as they were at its first launch
 
 
 @dataclass
@@ -60,39 +60,51 @@ class Cell:
         return CellDir(self.config.runs_dir, self.config.sweep, self.id).state(self.config_hash)
 
 
+Axes = dict[str, list[str]]  # key -> values, each written as Hydra reads it (quoted where needed)
+
+
 @dataclass
 class Sweep:
     name: str
     description: str
-    axes: dict[str, list[str]]  # key -> values, each written as Hydra reads it (quoted where needed)
+    blocks: list[Axes]  # each block's axes are crossed; the grid is the union of the blocks
     fixed: list[str]  # overrides as Hydra reads them
     hydra_args: list[str] = field(default_factory=list)
+    hypotheses: dict | None = None  # as written in the study file (`catalyst_ttt.hypotheses`)
 
     def grid(self) -> list[list[str]]:
-        keys = list(self.axes)
         return [
-            self.fixed + [f"{k}={v}" for k, v in zip(keys, values)]
-            for values in itertools.product(*(self.axes[k] for k in keys))
+            self.fixed + [f"{k}={v}" for k, v in zip(axes, values)]
+            for axes in self.blocks
+            for values in itertools.product(*axes.values())
         ]
+
+    def describe_axes(self) -> str:
+        return " | ".join(
+            "; ".join(f"{k}={','.join(v)}" for k, v in axes.items()) or "one cell" for axes in self.blocks
+        )
 
     def cells(self) -> list[Cell]:
         """Every cell composed and validated: a bad name or value fails here, before compute.
         Grid points that compose to the same cell collapse into one."""
         out: dict[str, Cell] = {}
-        for overrides in self.grid():
-            cfg = compose_cell(overrides)
-            cell = Cell(cell_id(cfg), overrides, cfg, config_hash(semantic_dict(cfg)))
+        grid = self.grid()
+        for overrides, cfg in zip(grid, compose_cells(grid)):
+            name, semantic = cell_identity(cfg)
+            cell = Cell(name, overrides, cfg, semantic)
             out.setdefault(cell.id, cell)
         if self.hydra_args:
             check_hydra_args(self.grid()[0] + self.hydra_args)
         return list(out.values())
 
-    def multirun_argv(self, place: DictConfig) -> list[str]:
-        """Hydra's argv; the store and cache as absolute paths, so every worker shares them."""
-        axes = [f"{k}={','.join(v)}" for k, v in self.axes.items()]
+    def multirun_argvs(self, place: DictConfig) -> list[list[str]]:
+        """Hydra's argv per block; the store and cache as absolute paths, so every worker shares them."""
         fixed = [o for o in self.fixed if _key(o) not in ("runs_dir", "cache_dir")]
         paths = [f"runs_dir={quote(place.runs_dir)}", f"cache_dir={quote(place.cache_dir)}"]
-        return ["cttt", "--multirun", *fixed, *paths, *axes, *self.hydra_args]
+        return [
+            ["cttt", "--multirun", *fixed, *paths, *(f"{k}={','.join(v)}" for k, v in axes.items()), *self.hydra_args]
+            for axes in self.blocks
+        ]
 
 
 def available_sweeps() -> list[str]:
@@ -112,27 +124,35 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(spec, dict) or set(spec) - SWEEP_KEYS:
         raise UserError(f"{path}: top-level keys must be among {sorted(SWEEP_KEYS)}")
-    for section in ("axes", "overrides"):
-        if not isinstance(spec.get(section) or {}, dict):
-            raise UserError(f"{path}: '{section}' must map keys to values")
-    lines = [
-        f"{k}={','.join(quote(v) for v in values) if isinstance(values, list) else values}"
-        for k, values in (spec.get("axes") or {}).items()
-    ]
-    lines += [f"{k}={quote(v)}" for k, v in (spec.get("overrides") or {}).items()]
-    axes: dict[str, list[str]] = {}
+    blocks = spec.get("axes") or {}
+    blocks = blocks if isinstance(blocks, list) else [blocks]  # a list: the union of several grids
+    if not isinstance(spec.get("overrides") or {}, dict) or not all(isinstance(b, dict) and b for b in blocks):
+        raise UserError(f"{path}: 'overrides' must map keys to values, 'axes' too (or be a list of such blocks)")
+    hypotheses.parse(spec.get("hypotheses"), str(path))
     fixed: dict[str, str] = {}
     hydra_args: list[str] = []
-    for override in parse_overrides(lines, str(path)) + parse_overrides(cli_overrides, "the command line"):
+    file_overrides = [f"{k}={quote(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    for override in parse_overrides(file_overrides, str(path)):
+        if override.is_hydra_override():
+            hydra_args.append(override.input_line)
+        else:
+            fixed[override.key_or_group] = override.input_line
+    axes = [_axes(parse_overrides([_axis_line(k, v) for k, v in block.items()], str(path))) for block in blocks]
+    for override in parse_overrides(cli_overrides, "the command line"):
         key = override.key_or_group
         if override.is_hydra_override():
             hydra_args.append(override.input_line)
-        elif override.is_sweep_override():
-            axes[key] = sweep_values(override)
+        elif override.is_sweep_override():  # sets this axis in every block
+            for block in axes:
+                block[key] = sweep_values(override)
             fixed.pop(key, None)
         else:
             fixed[key] = override.input_line
-            axes.pop(key, None)
+            for block in axes:
+                block.pop(key, None)
+    for block in axes:  # a key is an axis or fixed, never both: an axis wins over the file's fixed value
+        for key in block:
+            fixed.pop(key, None)
     if jobs and jobs > 1:
         explicit = [a for a in hydra_args if a.startswith(("hydra/launcher", "hydra.launcher"))]
         if explicit:
@@ -140,7 +160,19 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
         hydra_args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         fixed.setdefault("threads", f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
     fixed["sweep"] = f"sweep={name}"
-    return Sweep(name, spec.get("description", ""), axes, list(fixed.values()), hydra_args)
+    return Sweep(name, spec.get("description", ""), axes, list(fixed.values()), hydra_args, spec.get("hypotheses"))
+
+
+def _axis_line(key: str, values) -> str:
+    return f"{key}={','.join(quote(v) for v in values) if isinstance(values, list) else values}"
+
+
+def _axes(overrides: list[Override]) -> Axes:
+    """A block's axes: a sweep override (`a,b`, `range(...)`) is an axis, a single value an axis of one."""
+    return {
+        o.key_or_group: sweep_values(o) if o.is_sweep_override() else [o.input_line.partition("=")[2]]
+        for o in overrides
+    }
 
 
 def parse_overrides(lines: list[str], where: str) -> list[Override]:
@@ -206,10 +238,13 @@ def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
     """Run the multirun with a live progress view; returns the count of cells per final state."""
     record_grid(sweep, cells)
     monitor = Monitor(cells, console)
-    argv, sys.argv = sys.argv, sweep.multirun_argv(cells[0].config)
+    argv = sys.argv
     monitor.start()
     try:
-        hydra_cell()
+        for block_argv in sweep.multirun_argvs(cells[0].config):
+            GlobalHydra.instance().clear()
+            sys.argv = block_argv
+            hydra_cell()
     finally:
         sys.argv = argv
         monitor.stop()
@@ -217,17 +252,25 @@ def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
 
 
 def record_grid(sweep: Sweep, cells: list[Cell]) -> None:
-    """Write the grid into the store, so the report aggregates these cells and no other configuration."""
+    """Write the grid into the store, so the report aggregates these cells and no other configuration, with
+    the study's hypotheses now and as they were at its first launch (kept once, never overwritten)."""
     source = SWEEPS_DIR / f"{sweep.name}.yaml"
+    directory = sweep_dir(cells[0].config.runs_dir, sweep.name)
+    registered = read_json(directory / HYPOTHESES)
+    if registered is None and sweep.hypotheses:
+        registered = {"fingerprint": hypotheses.fingerprint(sweep.hypotheses), "hypotheses": sweep.hypotheses}
+        write_json(directory / HYPOTHESES, registered)
     grid = {
         "sweep": sweep.name,
         "file": source.name,
         "file_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
         "fixed": sweep.fixed,
-        "axes": sweep.axes,
+        "axes": sweep.blocks,
         "cells": {cell.id: cell.config_hash for cell in cells},
+        "hypotheses": sweep.hypotheses,
+        "registered_hypotheses": registered,
     }
-    write_json(sweep_dir(cells[0].config.runs_dir, sweep.name) / GRID, grid)
+    write_json(directory / GRID, grid)
 
 
 class Monitor:

@@ -128,16 +128,27 @@ def sft(
     max_length: int,
     schedule: str = "cosine",
     callbacks: list[TrainerCallback] = (),
+    packed: bool = False,
 ) -> None:
-    """SFT in place; prompt/completion rows train on the completion only (TRL's default)."""
+    """SFT in place; prompt/completion rows train on the completion only (TRL's default).
+
+    `packed`: rows are packed best-fit into blocks of `max_length` tokens, each row attending to itself
+    alone (TRL's padding-free `bfd` packing: no token is padding), and a step takes as many blocks as
+    hold `batch_size` rows of the dataset's mean length."""
     if steps == 0:  # HF reads max_steps=0 as "train for num_train_epochs" instead
         return
+    packing = {}
+    if packed:
+        rows = _mean_tokens(tokenizer, dataset)
+        batch_size = max(1, round(batch_size * rows / max_length))
+        packing = {"packing": True, "packing_strategy": "bfd"}
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
             **_common_args(scratch, steps, batch_size, lr, seed),
             lr_scheduler_type=schedule,
             warmup_steps=min(100, steps // 10),
             max_length=max_length,
+            **packing,
         )
         trainer = SFTTrainer(
             model=model,
@@ -149,6 +160,12 @@ def sft(
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     _drop_patched_forward(model)
+
+
+def _mean_tokens(tokenizer, dataset: Dataset) -> float:
+    """Mean tokens per row (with its end-of-sequence token), from up to 2,000 rows."""
+    texts = dataset[: min(2000, len(dataset))]["text"]
+    return sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) / len(texts)
 
 
 def make_reward_function(

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalyst_ttt.regimes import REGIMES
+from catalyst_ttt.regimes import REGIMES, answer_leak
 from catalyst_ttt.schema import RegimeConfig
 from catalyst_ttt.tasks.alchemy import OPS, Alchemy, AlchemyConfig, apply_op, format_step, parse_step, true_fact
 
@@ -147,6 +147,7 @@ def test_illogical_states_true_facts_in_a_broken_chain(task, start, ops, seed):
     assert all(true_fact(s, task.cfg.alphabet_size) for s in steps)  # every step a true fact
     assert not any(task.step_validity(problem, steps, local=True))  # no step follows from the one before
     assert not any(task.step_validity(problem, steps))
+    assert problem.answer not in {e for s in steps for e in parse_step(s)[1:]}  # never hands the answer over
 
 
 @settings(derandomize=True, max_examples=200)
@@ -158,6 +159,7 @@ def test_corrupted_keeps_the_gold_structure_with_false_outputs(task, start, ops,
     assert parse_step(steps[0])[1] == start
     assert all(parse_step(s)[1] == parse_step(p)[2] for p, s in zip(steps, steps[1:]))  # inputs chain
     assert not any(true_fact(s, task.cfg.alphabet_size) for s in steps)  # every stated output false
+    assert problem.answer not in {parse_step(s)[2] for s in steps}  # never hands the answer over
 
 
 def test_regime_rows_keep_the_gold_answer(task, splits):
@@ -165,6 +167,16 @@ def test_regime_rows_keep_the_gold_answer(task, splits):
         rows = REGIMES.get(name)(splits["train"], task, RegimeConfig(name=name), 0)
         assert [task.parse(r["completion"]).answer for r in rows] == [p.answer for p in splits["train"]]
         assert [r["prompt"] for r in rows] == [p.prompt for p in splits["train"]]
+
+
+@pytest.mark.parametrize("name", ["illogical", "corrupted"])
+def test_corrupted_catalysts_hold_the_gold_answer_no_more_than_chance(task, splits, name):
+    pool = splits["train"]
+    rows = REGIMES.get(name)(pool, task, RegimeConfig(name=name), 0)
+    assert answer_leak(task, pool, rows) == {"ends_in_answer": 0.0, "holds_answer": 0.0}
+    gold = REGIMES.get("correct")(pool, task, RegimeConfig(name="correct"), 0)
+    shown = sum(p.answer in p.prompt for p in pool) / len(pool)  # identity compositions: the prompt shows it
+    assert answer_leak(task, pool, gold) == {"ends_in_answer": 1.0, "holds_answer": 1.0 - shown}  # it can see one
 
 
 def test_illogical_and_corrupted_by_hand(task):

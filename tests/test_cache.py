@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from catalyst_ttt.cache import KEY, WEIGHTS, cached_checkpoint
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import cell_id, code_fingerprint, compose_cell
+from catalyst_ttt.config import cell_identity, code_fingerprint, compose_cell
 from catalyst_ttt.pipeline import run_cell
 from catalyst_ttt.results import LockTimeout
 from helpers.cells import CTTT, run
@@ -44,12 +44,12 @@ def test_a_checkpoint_lock_held_elsewhere_times_out_with_a_clear_message(tmp_pat
 
 def test_the_same_cell_never_runs_twice_at_once(tiny):
     cfg = compose_cell(tiny("lock_timeout=0.2"))
-    lock = Path(cfg.runs_dir) / cfg.sweep / ".locks" / f"{cell_id(cfg)}.lock"
+    lock = Path(cfg.runs_dir) / cfg.sweep / ".locks" / f"{cell_identity(cfg)[0]}.lock"
     lock.parent.mkdir(parents=True)
     with FileLock(str(lock)):  # another process is running this cell
-        with pytest.raises(LockTimeout, match=f"waited 0.2 s for cell {cell_id(cfg)}"):
+        with pytest.raises(LockTimeout, match=f"waited 0.2 s for cell {cell_identity(cfg)[0]}"):
             run_cell(cfg)
-    assert not (Path(cfg.runs_dir) / cfg.sweep / cell_id(cfg)).exists()
+    assert not (Path(cfg.runs_dir) / cfg.sweep / cell_identity(cfg)[0]).exists()
 
 
 @pytest.mark.slow

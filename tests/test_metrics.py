@@ -5,11 +5,9 @@ import math
 import random
 
 import pytest
-import torch
 
 from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.aggregate import aggregate
-from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.stability import noise_allowance, stability_reasons, trajectory_stability
 from catalyst_ttt.metrics.statistics import (
     ACCURACY,
@@ -24,7 +22,7 @@ from catalyst_ttt.metrics.statistics import (
     variance_components,
 )
 from catalyst_ttt.schema import StabilityConfig
-from helpers.cells import SPLITS, TASK
+from helpers.cells import TASK
 from helpers.fakes import fake_result
 
 
@@ -55,44 +53,6 @@ def test_agreement_collapse_and_diversity():
 
 def _problem():
     return TASK.make_problem("ABCD", ("rot", "rev", "inc"))
-
-
-def test_information_gain_of_gold_trace_is_positive_and_beats_a_swapped_trace(taught):
-    model, tokenizer = taught
-    problems = [p for p in SPLITS["heldout"] if p.num_steps >= 2][:6]
-    donors = problems[1:] + problems[:1]
-    gold = information_gain(
-        TASK, model, tokenizer, [p.prompt for p in problems], [p.steps for p in problems], [p.answer for p in problems]
-    )
-    swapped = information_gain(
-        TASK, model, tokenizer, [p.prompt for p in problems], [d.steps for d in donors], [p.answer for p in problems]
-    )
-    assert gold["ig/total"] > 0
-    assert gold["ig/total"] > swapped["ig/total"]
-    assert 0.0 <= gold["ig/positive_frac"] <= 1.0
-
-
-def test_information_gain_of_an_empty_trace_is_zero_per_step(taught):
-    model, tokenizer = taught
-    problem = _problem()
-    ig = information_gain(TASK, model, tokenizer, [problem.prompt], [()], [problem.answer])
-    assert ig["ig/per_step"] == 0.0 and ig["ig/total"] == 0.0 and ig["ig/wu_ppl"] == 0.0
-
-
-def test_wu_ppl_reproduces_a_hand_computation(taught):
-    model, tokenizer = taught
-    problem = _problem()
-
-    def ppl(text):
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
-        return math.exp(-logp.gather(-1, ids[0, 1:, None]).mean().item())
-
-    ppl_0 = ppl(problem.prompt + "#" + problem.answer)
-    ppl_n = ppl(problem.prompt + ";".join(problem.steps) + "#" + problem.answer)
-    ig = information_gain(TASK, model, tokenizer, [problem.prompt], [problem.steps], [problem.answer])
-    assert ig["ig/wu_ppl"] == pytest.approx((ppl_0 - ppl_n) / (len(problem.steps) + 1), rel=1e-4)
 
 
 def test_stability_of_a_monotone_rise():

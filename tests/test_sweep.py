@@ -40,9 +40,19 @@ def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path):
 
 def test_cli_overrides_narrow_and_add_axes():
     sweep = load_sweep("smoke", ["regime=swapped", "seed=0,1", "ttt.steps=2"])
-    assert "regime=swapped" in sweep.fixed and "regime" not in sweep.axes
-    assert sweep.axes["seed"] == ["0", "1"] and "ttt.steps=2" in sweep.fixed
+    (axes,) = sweep.blocks
+    assert "regime=swapped" in sweep.fixed and "regime" not in axes
+    assert axes["seed"] == ["0", "1"] and "ttt.steps=2" in sweep.fixed
     assert len(sweep.grid()) == 4
+
+
+def test_axis_blocks_are_a_union_of_grids_and_the_command_line_sets_every_block():
+    sweep = load_sweep("question", ["base.seed=0", "task.latent=steps", "regime=correct"])
+    sizes = [len(list(itertools.product(*axes.values()))) for axes in sweep.blocks]
+    assert len(sweep.blocks) == 4 and len(sweep.grid()) == sum(sizes)
+    assert all("base.seed" not in axes and "regime" not in axes for axes in sweep.blocks)
+    assert {axes["ttt.steps"][0] for axes in sweep.blocks} == {"12", "40"}
+    assert [argv for argv in sweep.multirun_argvs(sweep.cells()[0].config) if "signal=replay_only" in argv]
 
 
 @pytest.mark.slow
@@ -182,8 +192,9 @@ def test_hydra_grammar_range_choice_glob_and_quoted_commas():
         "smoke",
         ["seed=range(0,3)", "regime=choice(none,correct)", "signal=glob(ma*,exclude=*_x_*)", "wandb.project='a,b'"],
     )
-    assert sweep.axes["seed"] == ["0", "1", "2"] and sweep.axes["regime"] == ["none", "correct"]
-    assert sweep.axes["signal"] == ["majority"]
+    (axes,) = sweep.blocks
+    assert axes["seed"] == ["0", "1", "2"] and axes["regime"] == ["none", "correct"]
+    assert axes["signal"] == ["majority"]
     cells = sweep.cells()
     assert len(cells) == 6
     assert {c.config.wandb.project for c in cells} == {"a,b"}  # one value with a comma, not an axis
@@ -207,23 +218,41 @@ def test_duplicate_grid_points_collapse_into_one_cell():
 def test_the_multirun_places_store_and_cache_by_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = load_sweep("smoke", ["runs_dir=rel/runs", "cache_dir=rel/cache"])
-    argv = sweep.multirun_argv(sweep.cells()[0].config)
+    (argv,) = sweep.multirun_argvs(sweep.cells()[0].config)
     assert f"runs_dir={tmp_path}/rel/runs" in argv and f"cache_dir={tmp_path}/rel/cache" in argv
     assert "runs_dir=rel/runs" not in argv
 
 
 def test_the_ignition_sweep_crosses_every_regime_with_budgets_up_to_the_whole_pool():
-    sweep = load_sweep("ignition", [])
-    axes = sweep.axes
+    (axes,) = load_sweep("ignition", []).blocks
     assert axes["regime"] == ["none", "answer_only", "correct", "swapped", "illogical", "corrupted"]
+    assert axes["task.latent"] == ["steps", "direct"] and axes["signal"] == ["none"]
     budgets = sorted(int(n) for n in axes["catalyst.n"])
-    assert len(budgets) >= 4 and budgets[0] == 64 and len(axes["catalyst.steps"]) >= 2
-    assert len(axes["seed"]) >= 3 and len(axes["base.seed"]) >= 2 and "signal=none" in sweep.fixed
+    assert len(budgets) >= 4 and budgets[0] == 64
+    assert len(axes["base.seed"]) >= 5  # the unit of inference is the base
     largest = load_sweep("ignition", ["regime=correct", f"catalyst.n={budgets[-1]}"]).cells()[0]
     assert budgets[-1] == split_sizes(build_task(largest.config))["train"]  # the whole catalyst pool
 
 
 def test_the_stechly_sweep_trains_from_scratch_on_its_whole_pool():
-    (cell,) = load_sweep("stechly", ["regime=swapped", "seed=0", "base.seed=0"]).cells()
+    (cell,) = load_sweep("stechly", ["regime=swapped", "base.seed=0"]).cells()
     assert cell.config.catalyst.from_scratch and cell.config.model.kind == "tiny"
     assert cell.config.catalyst.n == split_sizes(build_task(cell.config))["train"]
+
+
+def test_planning_composes_once_per_group_choice_and_gives_hydras_configs():
+    """compose_cells sets plain `key=value`s on one composition per choice of config groups: each cell must
+    equal what Hydra composes for its overrides alone."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from catalyst_ttt.config import CONF_DIR, compose_cells, make_paths_absolute
+
+    grid = load_sweep("question", ["base.seed=0,1", "task.latent=steps", "regime=correct,swapped"]).grid()[::7]
+    for overrides, cfg in zip(grid, compose_cells(grid)):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            expected = compose(config_name="config", overrides=overrides)
+        make_paths_absolute(expected)
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(expected), overrides

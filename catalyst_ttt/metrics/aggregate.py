@@ -32,14 +32,14 @@ from catalyst_ttt.metrics.statistics import (
     units_to_decide,
     variance_components,
 )
+from catalyst_ttt.results import GATED
 from catalyst_ttt.schema import StabilityConfig
 
 SEED_AXES = ("seed", "base_seed")
 TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them
 ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
 MARKERS = {"perfect verifier": "‡", "gold": "†"}
-FINISHED = ("done", "gated")  # a gated cell finished at its floor: its start counts, it has no TTT
-GATED = "gated"
+FINISHED = ("done", GATED)  # a gated cell finished at its floor: its start counts, it has no TTT
 
 STABLE, UNSTABLE, INCONCLUSIVE = "stable", "unstable", "inconclusive"
 DID_NOT_TRAIN = "did not train"
@@ -304,9 +304,7 @@ def aggregate(results: list[dict]) -> list[Group]:
         group.cells.sort(key=replicate_of)
         done = [c for c in group.cells if c["status"] == "done"]
         group.trained = [c for c in done if above_floor(c)] if group.has_ttt else done
-        post = POST_TTT | {
-            s: (_accuracy(s, "final", _at("metrics", s, "acc/greedy")), ACCURACY) for s in shifts
-        }
+        post = POST_TTT | {s: (_accuracy(s, "final", _at("metrics", s, "acc/greedy")), ACCURACY) for s in shifts}
         group.stats = estimates(group.cells, PRE_TTT) | estimates(group.trained, post)
         values = {name: {replicate_of(c): read(c) for c in group.trained} for name, (read, _) in post.items()}
         values |= {name: {replicate_of(c): read(c) for c in group.cells} for name, (read, _) in PRE_TTT.items()}
@@ -361,7 +359,7 @@ def judge(group: Group, rule: StabilityConfig) -> tuple[str, list[str]]:
     if unstable:
         return UNSTABLE, unstable
     flat = mean([c["ttt"]["ttt/frac_zero_std"] for c in group.trained if "ttt/frac_zero_std" in c.get("ttt", {})])
-    if flat >= rule.max_flat_rewards:
+    if flat >= rule.max_flat_rewards and all(c.get("rewarded", True) for c in group.trained):
         return DID_NOT_TRAIN, [f"no reward spread in {flat:.0%} of groups (≥ {rule.max_flat_rewards:.0%})"]
     if group.adjusted["within"] < ALPHA:
         return STABLE, [f"{interval} lies within ±{rule.margin} (p_adj={format_p(group.adjusted['within'])})"]

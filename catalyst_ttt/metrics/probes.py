@@ -68,7 +68,8 @@ def skill_accuracy(task: Task, probes: list[AtomicProbe], model, tokenizer, batc
 
 def format_rate(task: Task, problems: list[Problem], model, tokenizer, batch_size: int) -> float:
     """Share of greedy completions with an answer and, where the prompt tells it, the expected step count."""
-    written = generate(model, tokenizer, [p.prompt for p in problems], task.max_completion_chars, batch_size=batch_size)
+    budget = task.completion_budget(problems)
+    written = generate(model, tokenizer, [p.prompt for p in problems], budget, batch_size=batch_size)
     parsed = [task.parse(w[0]) for w in written]
     expected = [task.expected_steps(p) for p in problems]
     ok = [q.answer is not None and (e is None or len(q.steps) == e) for q, e in zip(parsed, expected)]

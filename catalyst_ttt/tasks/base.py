@@ -160,6 +160,11 @@ class Task(abc.ABC):
         before its closing character, which stays last where the model expects it."""
         return insert_noise(prompt[:-1], rng, self.cfg.noise_chars) + prompt[-1:]
 
+    def completion_budget(self, problems: list[Problem]) -> int:
+        """Characters a completion of these problems may take: a longer one cannot be right (`alchemy`: the
+        gold completion's structure fixes its length), so generation stops there."""
+        return self.max_completion_chars
+
     def expected_steps(self, problem: Problem) -> int | None:
         """How many steps a full trace has, if the prompt alone tells (None otherwise)."""
         return None
@@ -167,6 +172,10 @@ class Task(abc.ABC):
     def trace_answer(self, steps: tuple[str, ...]) -> str | None:
         """The answer a trace's own stated outputs lead to (alchemy: its last output), whether or not
         they are true; None where the task cannot tell."""
+        return None
+
+    def with_output(self, step: str, output: str) -> str | None:
+        """`step` restated with another output (alchemy: `rot ABCD>` + output); None where the task cannot."""
         return None
 
     def atomic_probes(self, n: int) -> list[AtomicProbe]:

@@ -1,0 +1,113 @@
+"""What determines each cached checkpoint of a cell, and what a cell still has to build or run: the keys the
+pipeline trains under (pipeline.py) and the plan a dry run prints, from one place. Imports no torch, so
+planning a sweep of hundreds of cells stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from catalyst_ttt.cache import cache_key, cached_keys, measured_beside
+from catalyst_ttt.config import task_key
+from catalyst_ttt.metrics.statistics import ALPHA, floor_p, format_p
+from catalyst_ttt.signals import SIGNALS
+
+START_EVAL, BASE_EVAL = "start-eval", "base-eval"  # measurements kept beside a checkpoint (pipeline.py)
+
+
+def plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def base_key(cfg: DictConfig) -> dict:
+    """Exactly what determines a tiny base model (a cell's `seed` does not: `base.seed` does)."""
+    return {"task": task_key(cfg), "model": plain(cfg.model), "base": plain(cfg.base)}
+
+
+def scratch_key(cfg: DictConfig) -> dict:
+    """The tiny model as initialised with `base.seed`, never trained (`catalyst.from_scratch`)."""
+    return {"model": plain(cfg.model), "init_seed": cfg.base.seed}
+
+
+def catalyst_key(cfg: DictConfig, origin: str) -> dict:
+    """Exactly what determines a catalyst checkpoint trained from `origin` (a checkpoint's name)."""
+    return {
+        "base": origin,
+        "task": task_key(cfg),
+        "regime": plain(cfg.regime),
+        "catalyst": plain(cfg.catalyst),
+        "seed": cfg.seed,
+    }
+
+
+def reader_key(cfg: DictConfig, base: str) -> dict:
+    ig = cfg.metrics.ig
+    return {"base": base, "task": task_key(cfg), "reader": [ig.reader_steps, ig.reader_batch_size, ig.reader_lr, 0]}
+
+
+def checkpoint_name(cfg: DictConfig, reference: str) -> str:
+    """How a checkpoint is named in the keys built on it: its cache directory, or the HF model's reference."""
+    return Path(reference).name if cfg.model.kind == "tiny" else reference
+
+
+def start_eval_key(cfg: DictConfig) -> list:
+    return [plain(cfg.eval), cfg.seed]
+
+
+def base_eval_key(cfg: DictConfig) -> list:
+    return [cfg.eval.max_per_split]
+
+
+def trains_at_test_time(cfg: DictConfig) -> bool:
+    return SIGNALS.get(cfg.signal.name).trainer is not None and cfg.ttt.steps > 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a cell needs before it can run, as the phase cache has it now."""
+
+    base: str  # pretrained | cached | to train
+    catalyst: str  # none | cached | to train
+    ttt: str  # no TTT | trains | gated (why) | decided by the floor gate after the catalyst
+
+
+def plan(cfg: DictConfig) -> Plan:
+    """The cell's plan from the phase cache, with the pipeline's own keys (a `catalyst.from_scratch` catalyst
+    is keyed on its scratch checkpoint, as pipeline.catalyst_checkpoint builds it)."""
+    cached = {kind: cached_keys(cfg.cache_dir, kind) for kind in ("base", "scratch", "catalyst")}
+    if cfg.model.kind == "hf":
+        base, base_dir = "pretrained", None
+    else:
+        name = cache_key(base_key(cfg))
+        base, base_dir = ("cached" if name in cached["base"] else "to train"), Path(cfg.cache_dir) / "base" / name
+    origin = (
+        cache_key(scratch_key(cfg))
+        if cfg.catalyst.from_scratch
+        else checkpoint_name(cfg, str(base_dir or cfg.model.name_or_path))
+    )
+    catalyst_dir = None
+    if cfg.regime.name == "none":
+        catalyst, catalyst_dir = "none", base_dir
+    else:
+        name = cache_key(catalyst_key(cfg, origin))
+        catalyst = "cached" if name in cached["catalyst"] else "to train"
+        catalyst_dir = Path(cfg.cache_dir) / "catalyst" / name if catalyst == "cached" else None
+    return Plan(base, catalyst, _ttt_plan(cfg, base_dir if base == "cached" else None, catalyst_dir))
+
+
+def _ttt_plan(cfg: DictConfig, base_dir: Path | None, start_dir: Path | None) -> str:
+    if not trains_at_test_time(cfg):
+        return "no TTT"
+    if not cfg.ttt.gate:
+        return "trains (gate off)"
+    if cfg.regime.name == "none":
+        return "gated (regime none is the floor)"
+    start = measured_beside(start_dir, START_EVAL, start_eval_key(cfg)) if start_dir else None
+    base = measured_beside(base_dir, BASE_EVAL, base_eval_key(cfg)) if base_dir else None
+    if start is None or base is None:
+        return "gate decided after the catalyst"
+    p = floor_p(start["id"]["correct"], base["correct"])
+    return "trains" if p < ALPHA else f"gated (start not above base, p={format_p(p)})"
