@@ -7,6 +7,8 @@ installed `cttt`); a few run the real executable to check the process-level cont
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from typer.testing import CliRunner
 
 from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cli import app
+from catalyst_ttt.results import write_json
 from catalyst_ttt.tasks.gsm8k import UnsafeExpression, safe_eval
 from helpers.cells import cttt
 from helpers.gsm8k_data import gsm8k_rows
@@ -252,3 +255,18 @@ def test_the_calculator_never_crashes_hangs_or_returns_a_non_number(expression):
 def test_the_calculator_refuses_blowups_complex_results_and_deep_nesting(expression):
     with pytest.raises(UnsafeExpression):
         safe_eval(expression)
+
+
+
+# -- files a team can read ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_store_files_are_created_as_the_umask_says(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "result.json", {"status": "done"})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
