@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from catalyst_ttt.errors import UserError
@@ -54,7 +55,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            # escaped: a message quotes the user's input, where `[none,correct]` is not rich markup
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -70,7 +72,7 @@ def run(
     from omegaconf import OmegaConf
 
     from catalyst_ttt.config import compose_cell
-    from catalyst_ttt.results import check_writable
+    from catalyst_ttt.results import check_directory
 
     if show not in (None, "job"):
         raise UserError(f"--cfg {show} is not valid; valid: job")
@@ -78,8 +80,8 @@ def run(
     if show:
         console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False, end="")
         return
-    check_writable(cfg.runs_dir)
-    check_writable(cfg.cache_dir)
+    check_directory(cfg.runs_dir, "runs_dir", writable=True)
+    check_directory(cfg.cache_dir, "cache_dir", writable=True)
     _quiet_libraries()
     from catalyst_ttt.pipeline import run_cell
     from catalyst_ttt.training import training_progress
@@ -106,7 +108,7 @@ def _print_cell(result: dict) -> None:
     if "ignition" in result:
         console.print(f"ignition (id greedy, catalyst - none, before TTT): {result['ignition']:+.3f}")
     if result.get("error"):
-        console.print(f"[red]{result['status']}:[/red] {result['error']}")
+        console.print(f"[red]{result['status']}:[/red] {escape(result['error'])}")
     console.print(f"results: {result.get('config', {}).get('runs_dir', 'runs')}/{result['sweep']}/{result['cell']}/")
 
 
@@ -120,7 +122,7 @@ def sweep(
 ) -> None:
     """Run a sweep as a Hydra multirun; finished cells are skipped."""
     from catalyst_ttt import sweep as sweeps
-    from catalyst_ttt.results import check_writable
+    from catalyst_ttt.results import check_directory
 
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
@@ -129,8 +131,8 @@ def sweep(
     if dry_run:
         _print_plan(plan, cells)
         return
-    check_writable(cells[0].config.runs_dir)
-    check_writable(cells[0].config.cache_dir)
+    check_directory(cells[0].config.runs_dir, "runs_dir", writable=True)
+    check_directory(cells[0].config.cache_dir, "cache_dir", writable=True)
     _quiet_libraries()
     console.print(f"sweep [bold]{name}[/bold]: {len(cells)} cells")
     counts = sweeps.launch(plan, cells, console)

@@ -209,10 +209,14 @@ def load_results(runs_dir: str | Path, sweep: str) -> list[dict]:
     return read_store(runs_dir, sweep).results
 
 
-def check_writable(directory: str | Path) -> None:
+def check_directory(directory: str | Path, key: str, writable: bool = False) -> None:
+    """`directory` (`runs_dir`, `cache_dir`) is a directory or can be made one, with no file in the way;
+    with `writable`, this user can write there."""
     path = Path(directory)
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir():
+        raise UserError(f"{key}={str(path)!r} is not valid: {probe} is a file; give a directory")
+    if writable and not os.access(probe, os.W_OK):
         raise UserError(f"cannot write to {path}: {probe} is not writable")

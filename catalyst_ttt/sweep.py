@@ -15,9 +15,8 @@ import hydra
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -37,6 +36,8 @@ from catalyst_ttt.config import (
     check_name,
     compose_cell,
     config_hash,
+    group_options,
+    parse_overrides,
     semantic_dict,
     shipped_dir,
 )
@@ -143,20 +144,13 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
     return Sweep(name, spec.get("description", ""), axes, list(fixed.values()), hydra_args)
 
 
-def parse_overrides(lines: list[str], where: str) -> list[Override]:
-    try:
-        return OverridesParser.create().parse_overrides([str(line) for line in lines])
-    except OverrideParseException as err:
-        raise UserError(f"{where}: {' '.join(str(err).split())}") from None
-
-
 def sweep_values(override: Override) -> list[str]:
     """The values of a sweep override, each as Hydra reads it; `glob` picks among a group's options."""
     if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
         group = override.key_or_group
         if group not in GROUPS:
             raise UserError(f"{override.input_line!r}: glob() picks config options; valid keys: {', '.join(GROUPS)}")
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = group_options(group)
         values = override.value().filter(options)
         if not values:
             raise UserError(f"{override.input_line!r} matches no {group}; valid: {', '.join(options)}")

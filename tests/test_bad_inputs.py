@@ -12,7 +12,9 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +23,9 @@ from typer.testing import CliRunner
 
 from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cli import app
+from catalyst_ttt.config import RANGES
 from catalyst_ttt.results import write_json
+from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import UnsafeExpression, safe_eval
 from helpers.cells import cttt
 from helpers.gsm8k_data import gsm8k_rows
@@ -118,6 +122,31 @@ OVERRIDES = [
     (["report", "../outside"], "sweep='../outside' is not valid"),
     (["report", "never_ran"], "no results for sweep 'never_ran'"),
     (["status", "../outside"], "sweep='../outside' is not valid"),
+    # A config group takes one name: Hydra would merge a list's options, the last silently winning.
+    (["run", "regime=[none,correct]"], "'regime=[none,correct]': regime takes one name; valid: answer_only, correct"),
+    (["run", "task=[alchemy]"], "'task=[alchemy]': task takes one name; valid: alchemy, arith, gsm8k"),
+    (["run", "regime=null"], "'regime=null': regime takes one name"),
+    # Values that passed `--cfg job` and failed after training: every numeric key has its range.
+    (["run", "metrics.ig.reader_lr=nan"], "metrics.ig.reader_lr=nan is not valid; it must be finite and > 0"),
+    (["run", "metrics.ig.reader_steps=-1"], "metrics.ig.reader_steps=-1 is not valid; it must be >= 0"),
+    (["run", "metrics.ig.reader_batch_size=0"], "metrics.ig.reader_batch_size=0 is not valid; it must be >= 1"),
+    (["run", "eval.samples=2"], "eval.samples=2 is not valid; the unbiased pass@k and maj@k need >= eval.k=4"),
+    (["run", "eval.samples=0"], "eval.samples=0 is not valid; it must be >= 1"),
+    (["run", "model.hidden_size=-4"], "model.hidden_size=-4 is not valid; it must be >= 1"),
+    (["run", "model.num_layers=-1"], "model.num_layers=-1 is not valid; it must be >= 1"),
+    (["run", "model.num_heads=0"], "model.num_heads=0 is not valid; it must be >= 1"),
+    (["run", "model.intermediate_size=0"], "model.intermediate_size=0 is not valid; it must be >= 1"),
+    (["run", "model.max_positions=0"], "model.max_positions=0 is not valid; it must be >= 1"),
+    (["run", "threads=100000"], "threads=100000 is not valid; it must be >= 0 and <= 1024"),
+    # Tracebacks before: interpolations, huge numbers, long names, empty or endless ranges.
+    (["run", "seed=${nope}"], "seed: its interpolation cannot be resolved (Interpolation key 'nope' not found)"),
+    (["run", "seed=${oc.env:CTTT_NEVER_SET}"], "Environment variable 'CTTT_NEVER_SET' not found"),
+    (["run", "seed=${seed}"], "seed: its interpolation cannot be resolved (Recursive interpolation detected)"),
+    (["run", "ttt.lr=${oc.env:HOME}"], "ttt.lr: its interpolation cannot be resolved"),
+    (["run", "seed=" + "1" * 401], "seed=11111111111111111111... (401 digits) is not valid"),
+    (["run", "sweep=" + "a" * 300], "sweep='aaaaaaaaaaaaaaaaaaaa'... is not valid; it has 300 characters, at most 100"),
+    (["sweep", "a" * 300, "--dry-run"], "it has 300 characters, at most 100"),
+    (["report", "a" * 300], "it has 300 characters, at most 100"),
 ]
 
 
@@ -135,7 +164,7 @@ def _invoke(args: list[str], cwd: Path, monkeypatch):
     return CliRunner().invoke(app, args, terminal_width=400)
 
 
-@pytest.mark.parametrize("args, says", OVERRIDES, ids=[" ".join(a) for a, _ in OVERRIDES])
+@pytest.mark.parametrize("args, says", OVERRIDES, ids=[" ".join(a)[:80] for a, _ in OVERRIDES])
 def test_bad_override_or_argument(tmp_path, monkeypatch, args, says):
     _assert_refused(_invoke(args, tmp_path, monkeypatch), says, tmp_path)
 
@@ -188,6 +217,7 @@ SWEEP_FILES = [
     ("axes:\n  seed: range(0,\n", "no viable alternative"),
     ("overrides:\n  ttt.lr: 0\n", "ttt.lr=0.0 is not valid"),
     ("overrides:\n  ttt.stepz: 3\n", "unknown key 'ttt.stepz'"),
+    ("overrides:\n  seed: ${nope}\n", "seed: its interpolation cannot be resolved"),
 ]
 
 
@@ -256,6 +286,36 @@ def test_the_calculator_refuses_blowups_complex_results_and_deep_nesting(express
     with pytest.raises(UnsafeExpression):
         safe_eval(expression)
 
+
+# -- work lost late -----------------------------------------------------------------------------
+
+
+def _numeric_keys(schema: type, prefix: str = "") -> list[str]:
+    keys = []
+    for item in fields(schema):
+        hint = get_type_hints(schema)[item.name]
+        if is_dataclass(hint):
+            keys += _numeric_keys(hint, f"{prefix}{item.name}.")
+        elif {int, float} & set(get_args(hint) or [hint]):
+            keys.append(prefix + item.name)
+    return keys
+
+
+def test_every_numeric_key_of_the_schema_has_its_range():
+    """A value no phase can use must fail before the first one runs: a new key needs its rule in RANGES."""
+    keys = _numeric_keys(CellConfig)
+    assert len(keys) > 40 and not [key for key in keys if key not in RANGES]
+
+
+# -- tracebacks instead of one line -------------------------------------------------------------
+
+
+def test_a_runs_dir_under_a_file_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "store").write_text("not a directory")
+    for args in (["run", "runs_dir=store"], ["sweep", "smoke", "--dry-run", "cache_dir=store/cache"]):
+        key = args[-1].split("=")[0]
+        says = f"{key}={str(tmp_path / args[-1].split('=')[1])!r} is not valid: {tmp_path / 'store'} is a file"
+        _assert_refused(_invoke(args, tmp_path, monkeypatch), says, tmp_path, {"store"})
 
 
 # -- files a team can read ----------------------------------------------------------------------
