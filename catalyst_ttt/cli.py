@@ -119,6 +119,9 @@ def sweep(
     overrides: Optional[list[str]] = OVERRIDES,
     jobs: int = typer.Option(1, "--jobs", "-j", help="cells run in parallel on this machine (joblib)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, what is done and cached; run nothing"),
+    max_cells: Optional[int] = typer.Option(
+        None, "--max-cells", help="the largest grid to run (default 1000: a guard against range(0,100000))"
+    ),
 ) -> None:
     """Run a sweep as a Hydra multirun; finished cells are skipped."""
     from catalyst_ttt import sweep as sweeps
@@ -126,7 +129,9 @@ def sweep(
 
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
-    plan = sweeps.load_sweep(name, list(overrides or []), jobs)
+    if max_cells is not None and max_cells < 1:
+        raise UserError(f"--max-cells {max_cells} is not valid; it must be >= 1")
+    plan = sweeps.load_sweep(name, list(overrides or []), jobs, max_cells or sweeps.MAX_CELLS)
     cells = plan.cells()
     if dry_run:
         _print_plan(plan, cells)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import re
+import shutil
 import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
 
 import hydra
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import (
@@ -41,12 +46,16 @@ from catalyst_ttt.config import (
     semantic_dict,
     shipped_dir,
 )
-from catalyst_ttt.errors import UserError
-from catalyst_ttt.results import FINAL, GRID, CellDir, sweep_dir, write_json
+from catalyst_ttt.errors import UserError, first_line, read_user_text
+from catalyst_ttt.results import FINAL, GRID, CellDir, sweep_dir, write_atomic, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
-PLAIN = re.compile(r"[\w./:@+-]*[\w./:@-]|")  # needs no quotes in an override value
+# Characters Hydra's lexer takes unquoted (ASCII only: it refuses `é` unquoted).
+PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]*[A-Za-z0-9_./:@-]")
 SWEEP_KEYS = {"description", "axes", "overrides"}
+PATH_KEYS = ("runs_dir", "cache_dir", "task.path")  # made absolute when a cell is composed
+# A larger grid needs --max-cells: composing a cell takes ~0.2 s, and a typo can ask for 10**5 of them.
+MAX_CELLS = 1000
 
 
 @dataclass
@@ -89,10 +98,12 @@ class Sweep:
         return list(out.values())
 
     def multirun_argv(self, place: DictConfig) -> list[str]:
-        """Hydra's argv; the store and cache as absolute paths, so every worker shares them."""
+        """Hydra's argv; the store, cache and data file as the absolute paths `place` (a composed cell)
+        holds, so every worker shares them whatever its working directory (`hydra.job.chdir=true`)."""
         axes = [f"{k}={','.join(v)}" for k, v in self.axes.items()]
-        fixed = [o for o in self.fixed if _key(o) not in ("runs_dir", "cache_dir")]
-        paths = [f"runs_dir={quote(place.runs_dir)}", f"cache_dir={quote(place.cache_dir)}"]
+        placed = [key for key in PATH_KEYS if key not in self.axes and OmegaConf.select(place, key) is not None]
+        fixed = [o for o in self.fixed if _key(o) not in placed]
+        paths = [f"{key}={quote(OmegaConf.select(place, key))}" for key in placed]
         return ["cttt", "--multirun", *fixed, *paths, *axes, *self.hydra_args]
 
 
@@ -100,15 +111,16 @@ def available_sweeps() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
-def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> Sweep:
+def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     """The sweep file plus command-line overrides, read with Hydra's override grammar: a sweep
-    (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it."""
+    (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it. A grid of more
+    than `max_cells` points is refused before any cell is composed."""
     check_name(name, "sweep")
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.exists():
         raise UserError(f"unknown sweep {name!r}; valid: {', '.join(available_sweeps())}")
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.safe_load(read_user_text(path)) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(spec, dict) or set(spec) - SWEEP_KEYS:
@@ -116,8 +128,8 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
     for section in ("axes", "overrides"):
         if not isinstance(spec.get(section) or {}, dict):
             raise UserError(f"{path}: '{section}' must map keys to values")
-    lines = [
-        f"{k}={','.join(quote(v) for v in values) if isinstance(values, list) else values}"
+    lines = [  # an axis given as one string is Hydra sweep syntax (`range(0,3)`), kept as written
+        f"{k}={','.join(quote(v) for v in values) if isinstance(values, list) else _as_written(values)}"
         for k, values in (spec.get("axes") or {}).items()
     ]
     lines += [f"{k}={quote(v)}" for k, v in (spec.get("overrides") or {}).items()]
@@ -129,23 +141,32 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
         if override.is_hydra_override():
             hydra_args.append(override.input_line)
         elif override.is_sweep_override():
-            axes[key] = sweep_values(override)
+            axes[key] = sweep_values(override, max_cells)
             fixed.pop(key, None)
         else:
             fixed[key] = override.input_line
             axes.pop(key, None)
+    size = math.prod(len(values) for values in axes.values())
+    if size > max_cells:
+        counts = " x ".join(f"{key} {len(v)}{'+' if len(v) > max_cells else ''}" for key, v in axes.items())
+        raise UserError(
+            f"sweep {name}: the grid has more than --max-cells {max_cells} cells ({counts}); "
+            "narrow an axis (e.g. seed=0,1) or raise --max-cells"
+        )
     if jobs and jobs > 1:
         explicit = [a for a in hydra_args if a.startswith(("hydra/launcher", "hydra.launcher"))]
         if explicit:
             raise UserError(f"--jobs {jobs} picks the joblib launcher; drop it or {explicit[0]!r}, not both")
+        jobs = min(jobs, size)  # joblib starts every worker up front, whether a cell is left for it or not
         hydra_args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         fixed.setdefault("threads", f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
     fixed["sweep"] = f"sweep={name}"
     return Sweep(name, spec.get("description", ""), axes, list(fixed.values()), hydra_args)
 
 
-def sweep_values(override: Override) -> list[str]:
-    """The values of a sweep override, each as Hydra reads it; `glob` picks among a group's options."""
+def sweep_values(override: Override, limit: int) -> list[str]:
+    """The values of a sweep override, each as Hydra reads it (at most `limit` + 1 of them: the grid's
+    bound is checked without listing a huge range); `glob` picks among a group's options."""
     if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
         group = override.key_or_group
         if group not in GROUPS:
@@ -157,7 +178,15 @@ def sweep_values(override: Override) -> list[str]:
         return values
     if override.value_type == ValueType.INTERVAL_SWEEP:
         raise UserError(f"{override.input_line!r}: interval() needs a sweeper that samples; give values or range()")
-    return list(override.sweep_string_iterator())
+    try:
+        values = list(itertools.islice(override.sweep_string_iterator(), limit + 1))
+    except ValueError as err:  # range(0,3,0)
+        raise UserError(
+            f"{override.input_line!r}: {err}; valid: range(start,stop[,step]) with a step other than 0"
+        ) from None
+    if not values:
+        raise UserError(f"{override.input_line!r} gives no values; an axis needs at least one (range(0,3): 0, 1, 2)")
+    return values
 
 
 def check_hydra_args(overrides: list[str]) -> None:
@@ -177,11 +206,29 @@ def check_hydra_args(overrides: list[str]) -> None:
 
 
 def quote(value) -> str:
-    """A value as Hydra's grammar reads it back: strings with special characters are quoted."""
+    """`value` (from YAML or a composed config) written so that Hydra's grammar reads back exactly
+    it: null, true/false, numbers, lists, and strings, quoted unless plain ASCII that reads back the same."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # 1e-05, inf, nan: Hydra reads each back as that float
+    if isinstance(value, list):
+        return "[" + ",".join(quote(v) for v in value) + "]"
+    if isinstance(value, dict):
+        raise UserError(f"{value!r}: a mapping is not a value here; give a name, number or list")
     text = str(value)
-    if isinstance(value, str) and not PLAIN.fullmatch(text):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return text
+    if PLAIN.fullmatch(text) and OverridesParser.create().parse_override(f"k={text}").value() == text:
+        return text
+    # Inside quotes a backslash escapes only a quote or another backslash before a quote or the end.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def _as_written(value) -> str:
+    """A YAML value that Hydra reads as written (a string: sweep syntax); null, true, numbers quoted."""
+    return value if isinstance(value, str) else quote(value)
 
 
 def _key(override: str) -> str:
@@ -197,17 +244,56 @@ def hydra_cell(cfg: DictConfig) -> str:
 
 
 def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
-    """Run the multirun with a live progress view; returns the count of cells per final state."""
+    """Run the multirun with a live progress view; returns the count of cells per final state.
+
+    A launcher that fails (`hydra.launcher.n_jobs=0`, an unreachable cluster) is one line; if no cell
+    started, the store is left as it was, `grid.json` included, so the report still shows the last grid."""
+    before = {cell.id: cell.state() for cell in cells}
+    snapshot = StoreSnapshot(sweep_dir(cells[0].config.runs_dir, sweep.name))
     record_grid(sweep, cells)
     monitor = Monitor(cells, console)
     argv, sys.argv = sys.argv, sweep.multirun_argv(cells[0].config)
     monitor.start()
     try:
-        hydra_cell()
+        with mock.patch.dict(os.environ, {"HYDRA_FULL_ERROR": "1"}):  # Hydra raises, instead of printing a traceback
+            hydra_cell()
+    except Exception as err:  # noqa: BLE001 - whatever the launcher raised, the user gets one line
+        started = any(cell.state() != before[cell.id] for cell in cells)
+        if not started:
+            snapshot.restore()
+        outcome = "rerun to resume" if started else "no cell started; the store is as it was"
+        raise UserError(
+            f"sweep {sweep.name}: the launch failed ({type(err).__name__}: {first_line(err)}); {outcome}"
+        ) from None
     finally:
         sys.argv = argv
         monitor.stop()
     return monitor.counts()
+
+
+class StoreSnapshot:
+    """What a launch writes before any cell starts: `grid.json`, Hydra's multirun directory, and the
+    directories above them that did not exist."""
+
+    def __init__(self, root: Path):
+        self.grid = root / GRID
+        self.grid_text = self.grid.read_text(encoding="utf-8") if self.grid.is_file() else None
+        self.hydra_dir = root / ".hydra"
+        self.new_hydra_dir = not self.hydra_dir.exists()
+        self.new_dirs = [path for path in (root, *root.parents) if not path.exists()]  # deepest first
+
+    def restore(self) -> None:
+        if self.grid_text is None:
+            self.grid.unlink(missing_ok=True)
+        else:
+            write_atomic(self.grid, self.grid_text)
+        if self.new_hydra_dir:
+            shutil.rmtree(self.hydra_dir, ignore_errors=True)
+        for directory in self.new_dirs:
+            try:
+                directory.rmdir()  # only while empty: another process may have written there meanwhile
+            except OSError:
+                break
 
 
 def record_grid(sweep: Sweep, cells: list[Cell]) -> None:

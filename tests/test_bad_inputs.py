@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import RANGES
-from catalyst_ttt.results import write_json
+from catalyst_ttt.config import RANGES, parse_overrides
+from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import UnsafeExpression, safe_eval
 from helpers.cells import cttt
+from helpers.fakes import fake_result, write_store
 from helpers.gsm8k_data import gsm8k_rows
 
 # (arguments, what the one line says)
@@ -147,6 +150,12 @@ OVERRIDES = [
     (["run", "sweep=" + "a" * 300], "sweep='aaaaaaaaaaaaaaaaaaaa'... is not valid; it has 300 characters, at most 100"),
     (["sweep", "a" * 300, "--dry-run"], "it has 300 characters, at most 100"),
     (["report", "a" * 300], "it has 300 characters, at most 100"),
+    (["sweep", "smoke", "--dry-run", "seed=range(0,0)"], "'seed=range(0,0)' gives no values"),
+    (["sweep", "smoke", "--dry-run", "seed=range(0,3,0)"], "'seed=range(0,3,0)': range() arg 3 must not be zero"),
+    # A grid is bounded: a typo cannot compose 10**5 cells.
+    (["sweep", "smoke", "--dry-run", "seed=range(0,100000)"], "more than --max-cells 1000 cells (regime 2 x signal"),
+    (["sweep", "smoke", "--dry-run", "--max-cells", "3"], "more than --max-cells 3 cells (regime 2 x signal 2)"),
+    (["sweep", "smoke", "--dry-run", "--max-cells", "0"], "--max-cells 0 is not valid; it must be >= 1"),
 ]
 
 
@@ -162,6 +171,11 @@ def _assert_refused(done, says: str, cwd: Path, inputs: set[str] = frozenset()) 
 def _invoke(args: list[str], cwd: Path, monkeypatch):
     monkeypatch.chdir(cwd)
     return CliRunner().invoke(app, args, terminal_width=400)
+
+
+# The smallest cell that still trains a base, evaluates it and writes its result.
+MINIMAL = ["base.steps=2", "eval.max_per_split=2", "eval.trajectory=false", "threads=1", "metrics.ig.enabled=false"]
+MINIMAL += ["metrics.probes.enabled=false", "wandb.mode=disabled"]
 
 
 @pytest.mark.parametrize("args, says", OVERRIDES, ids=[" ".join(a)[:80] for a, _ in OVERRIDES])
@@ -218,6 +232,9 @@ SWEEP_FILES = [
     ("overrides:\n  ttt.lr: 0\n", "ttt.lr=0.0 is not valid"),
     ("overrides:\n  ttt.stepz: 3\n", "unknown key 'ttt.stepz'"),
     ("overrides:\n  seed: ${nope}\n", "seed: its interpolation cannot be resolved"),
+    ("overrides:\n  task: {name: alchemy}\n", "a mapping is not a value here"),
+    ("axes:\n  regime: [[none, correct]]\n", "'regime=[none,correct]': regime takes one name"),
+    ("axes:\n  seed: range(0,0)\n", "'seed=range(0,0)' gives no values"),
 ]
 
 
@@ -287,6 +304,92 @@ def test_the_calculator_refuses_blowups_complex_results_and_deep_nesting(express
         safe_eval(expression)
 
 
+# -- silent wrong results ---------------------------------------------------------------------
+
+
+def _sweep_file(tmp_path: Path, monkeypatch, text: str) -> None:
+    sweeps_dir = tmp_path / "sweeps"
+    sweeps_dir.mkdir(exist_ok=True)
+    (sweeps_dir / "mine.yaml").write_text(text)
+    monkeypatch.setattr(sweeps, "SWEEPS_DIR", sweeps_dir)
+
+
+def test_null_booleans_numbers_and_digit_strings_in_a_sweep_file_keep_their_type(tmp_path, monkeypatch):
+    overrides = "  wandb.entity: null\n  eval.trajectory: false\n  ttt.lr: 1.0e-4\n  wandb.project: '1_000'\n"
+    _sweep_file(tmp_path, monkeypatch, f"axes:\n  seed: [0, 1]\noverrides:\n{overrides}")
+    cells = sweeps.load_sweep("mine", []).cells()
+    assert [c.config.seed for c in cells] == [0, 1]
+    config = cells[0].config
+    assert config.wandb.entity is None and config.eval.trajectory is False
+    assert config.ttt.lr == 1e-4 and config.wandb.project == "1_000"
+
+
+# Values as the YAML of a sweep file or a composed config holds them.
+YAML_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(derandomize=True, max_examples=500, deadline=None)
+@given(YAML_VALUES)
+def test_quote_writes_what_hydra_reads_back_exactly(value):
+    assert OverridesParser.create().parse_override(f"key={sweeps.quote(value)}").value() == value
+
+
+def test_status_finds_the_finished_cells_of_a_store_with_a_backslash_and_non_ascii(tmp_path):
+    runs = tmp_path / "a\\b équipe"
+    (cell,) = sweeps.load_sweep("smoke", [f"runs_dir={sweeps.quote(str(runs))}", "regime=none", "signal=none"]).cells()
+    assert cell.config.runs_dir == str(runs)
+    finished = fake_result("none", "none", 0, 0.1, 0.1) | {"cell": cell.id, "config_hash": cell.config_hash}
+    write_json(runs / "smoke" / cell.id / RESULT, finished)
+    done = CliRunner().invoke(app, ["status", "smoke", "--runs-dir", str(runs)], terminal_width=300)
+    assert done.exit_code == 0, done.output
+    assert "4 cells — done=1, pending=3" in done.stdout
+
+
+def test_the_multirun_passes_store_cache_and_data_file_as_paths_that_read_back(tmp_path, monkeypatch):
+    odd = tmp_path / "é x\\y'z"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    plan = sweeps.Sweep("mine", "", {"seed": ["0", "1"]}, ["task=gsm8k", "task.path=data.jsonl", "sweep=mine"])
+    place = OmegaConf.create({"runs_dir": str(odd / "runs"), "cache_dir": str(odd / "c"), "task": {"path": "x"}})
+    place.task.path = str(odd / "data.jsonl")  # as make_paths_absolute leaves it
+    read = {o.key_or_group: o.value() for o in parse_overrides(plan.multirun_argv(place)[2:], "argv")}
+    assert read["runs_dir"] == str(odd / "runs") and read["cache_dir"] == str(odd / "c")
+    assert read["task.path"] == str(odd / "data.jsonl")  # absolute: a worker with hydra.job.chdir=true finds it
+
+
+def _report_files(runs: Path, sweep: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((runs / sweep / "report").iterdir())}
+
+
+def _finished_smoke_store(runs: Path) -> None:
+    """Three finished cells of sweep `smoke` and the grid that ran them, reported."""
+    results = [fake_result("correct", "majority", seed, 0.6, 0.65) | {"sweep": "smoke"} for seed in (0, 1, 2)]
+    write_store(runs, "smoke", results)
+    grid = {"sweep": "smoke", "file": "smoke.yaml", "file_sha256": "0" * 64, "fixed": [], "axes": {}}
+    write_json(runs / "smoke" / GRID, grid | {"cells": {r["cell"]: r["config_hash"] for r in results}})
+    assert CliRunner().invoke(app, ["report", "smoke", "--runs-dir", str(runs), "--no-wandb"]).exit_code == 0
+
+
+def test_a_failed_launch_leaves_grid_json_and_the_report_as_they_were(tmp_path, monkeypatch, shared_cache):
+    runs = tmp_path / "runs"
+    _finished_smoke_store(runs)
+    grid, report = (runs / "smoke" / GRID).read_bytes(), _report_files(runs, "smoke")
+    launch = ["sweep", "smoke", "signal=none", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"]
+    done = _invoke([*launch, f"runs_dir={runs}", f"cache_dir={shared_cache}"], tmp_path, monkeypatch)
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output
+    (line,) = done.stderr.strip().splitlines()
+    assert "the launch failed (ValueError: n_jobs == 0 in Parallel has no meaning); no cell started" in line
+    assert (runs / "smoke" / GRID).read_bytes() == grid and not (runs / "smoke" / ".hydra").exists()
+    assert CliRunner().invoke(app, ["report", "smoke", "--runs-dir", str(runs), "--no-wandb"]).exit_code == 0
+    assert _report_files(runs, "smoke") == report  # the finished work is still what the report shows
+    fresh = _invoke([*launch, "runs_dir=new", f"cache_dir={shared_cache}"], tmp_path, monkeypatch)
+    assert fresh.exit_code == 2 and not (tmp_path / "new").exists()  # a store that was not there is not there
+
+
 # -- work lost late -----------------------------------------------------------------------------
 
 
@@ -316,6 +419,50 @@ def test_a_runs_dir_under_a_file_is_refused(tmp_path, monkeypatch):
         key = args[-1].split("=")[0]
         says = f"{key}={str(tmp_path / args[-1].split('=')[1])!r} is not valid: {tmp_path / 'store'} is a file"
         _assert_refused(_invoke(args, tmp_path, monkeypatch), says, tmp_path, {"store"})
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda path: path.write_bytes(b"axes:\n  regime: [caf\xe9]\n"), "mine.yaml:2: not UTF-8 text (byte 0xe9)"),
+        (lambda path: path.mkdir(), "mine.yaml: is a directory; give a file"),
+    ],
+    ids=["not UTF-8", "a directory"],
+)
+def test_a_sweep_file_that_is_not_utf8_text_or_not_a_file(tmp_path, monkeypatch, make, says):
+    sweeps_dir = tmp_path / "sweeps"
+    sweeps_dir.mkdir()
+    make(sweeps_dir / "mine.yaml")
+    monkeypatch.setattr(sweeps, "SWEEPS_DIR", sweeps_dir)
+    _assert_refused(_invoke(["sweep", "mine", "--dry-run"], tmp_path, monkeypatch), says, tmp_path, {"sweeps"})
+
+
+# -- hangs and floods ---------------------------------------------------------------------------
+
+
+def test_a_range_of_a_trillion_seeds_is_refused_at_once(tmp_path, monkeypatch):
+    started = time.perf_counter()
+    done = _invoke(["sweep", "smoke", "--dry-run", "seed=range(0,1000000000000)"], tmp_path, monkeypatch)
+    _assert_refused(done, "the grid has more than --max-cells 1000 cells", tmp_path)
+    assert time.perf_counter() - started < 10
+
+
+def test_max_cells_raises_the_bound_and_jobs_never_outnumber_cells():
+    assert len(sweeps.load_sweep("smoke", ["seed=range(0,300)"], max_cells=1200).grid()) == 1200
+    assert "hydra.launcher.n_jobs=2" in sweeps.load_sweep("smoke", ["signal=none"], jobs=12).hydra_args
+
+
+# -- valid input refused ------------------------------------------------------------------------
+
+
+def test_a_sweep_runs_from_a_non_ascii_directory_into_a_store_with_a_backslash(tmp_path, monkeypatch, shared_cache):
+    home = tmp_path / "équipe ü"
+    home.mkdir()
+    args = ["sweep", "smoke", "regime=none", "signal=none", *MINIMAL, "runs_dir=runs\\x", f"cache_dir={shared_cache}"]
+    done = _invoke(args, home, monkeypatch)
+    assert done.exit_code == 0, done.output
+    (result,) = (home / "runs\\x" / "smoke").glob(f"*/{RESULT}")
+    assert json.loads(result.read_text())["status"] == "done"
 
 
 # -- files a team can read ----------------------------------------------------------------------
