@@ -28,10 +28,10 @@ from catalyst_ttt.cli import app
 from catalyst_ttt.config import RANGES, parse_overrides
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
-from catalyst_ttt.tasks.gsm8k import UnsafeExpression, safe_eval
+from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
 from helpers.cells import cttt
 from helpers.fakes import fake_result, write_store
-from helpers.gsm8k_data import gsm8k_rows
+from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
 # (arguments, what the one line says)
 OVERRIDES = [
@@ -202,6 +202,14 @@ DATA_FILES = [
     (b'{"question": "q", "answer": "#### inf"}\n', "data.jsonl:1: final answer 'inf' is not a number"),
     (GOOD_ROW.encode() + b"\n{not json\n", "data.jsonl:2: invalid JSON"),
     (GOOD_ROW.encode() + b"\n", "is empty (split sizes: train=0, reader=0, id=1, heldout=0, shift_steps=0)"),
+    # `float` reads these, but a model's `1000` or `123` never equals them
+    (b'{"question": "q", "answer": "#### 1_000"}\n', "final answer '1_000' is not a number; valid: ASCII digits"),
+    ('{"question": "q", "answer": "#### \u0661\u0662"}\n'.encode(), "final answer '\u0661\u0662' is not a number"),
+    (b'{"question": "q", "answer": "#### 1e3"}\n', "final answer '1e3' is not a number"),
+    (
+        GOOD_ROW.encode() + b"\n" + json.dumps(json.loads(GOOD_ROW) | {"answer": "#### 7"}).encode() + b"\n",
+        "data.jsonl:2: the question of ",
+    ),
 ]
 
 
@@ -305,6 +313,19 @@ def test_the_calculator_refuses_blowups_complex_results_and_deep_nesting(express
 
 
 # -- silent wrong results ---------------------------------------------------------------------
+
+
+def _gsm8k(path: Path) -> GSM8K:
+    return GSM8K(GSM8KConfig(path=str(path), n_id=4, n_heldout=4, n_train=8, n_reader=4, n_shift=4))
+
+
+def test_a_gsm8k_file_with_every_row_twice_never_shares_a_question_between_splits(tmp_path):
+    rows = gsm8k_rows(40)
+    once = _gsm8k(write_jsonl(tmp_path / "once.jsonl", rows))
+    twice = _gsm8k(write_jsonl(tmp_path / "twice.jsonl", rows * 2))
+    prompts = [p.prompt for split in twice.splits().values() for p in split]
+    assert len(prompts) == len(set(prompts)) == len([p for split in once.splits().values() for p in split])
+    assert len(twice.problems) == len(once.problems)
 
 
 def _sweep_file(tmp_path: Path, monkeypatch, text: str) -> None:
@@ -463,6 +484,14 @@ def test_a_sweep_runs_from_a_non_ascii_directory_into_a_store_with_a_backslash(t
     assert done.exit_code == 0, done.output
     (result,) = (home / "runs\\x" / "smoke").glob(f"*/{RESULT}")
     assert json.loads(result.read_text())["status"] == "done"
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    rows = gsm8k_rows(40)
+    rows[1]["question"] += " A\u2028B\u0085C\u2029D"
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert any("A\u2028B\u0085C\u2029D" in p.prompt for p in _gsm8k(path).problems)
 
 
 # -- files a team can read ----------------------------------------------------------------------
