@@ -151,7 +151,8 @@ def sweep(
 
 
 def _print_plan(plan, cells) -> None:
-    from catalyst_ttt.cache import cache_key, cached_keys
+    from catalyst_ttt.cache import cache_key, cache_state
+    from catalyst_ttt.models import scratch_key
     from catalyst_ttt.pipeline import base_key, catalyst_key
 
     table = Table(title=f"sweep {plan.name}: {len(cells)} cells")
@@ -159,14 +160,15 @@ def _print_plan(plan, cells) -> None:
         table.add_column(column)
     for cell in cells:
         cfg = cell.config
-        bases, catalysts = cached_keys(cfg.cache_dir, "base"), cached_keys(cfg.cache_dir, "catalyst")
-        base_hash = cache_key(base_key(cfg)) if cfg.model.kind == "tiny" else None
-        cat_hash = cache_key(catalyst_key(cfg, base_hash or cfg.model.name_or_path))
+        tiny = cfg.model.kind == "tiny"
+        # the checkpoint the catalyst starts from, named as its key names it (pipeline.catalyst_checkpoint)
+        origin_key = scratch_key(cfg) if cfg.catalyst.from_scratch else base_key(cfg)
+        origin = cache_key(origin_key) if tiny else cfg.model.name_or_path
         table.add_row(
             cell.id,
             cell.state(),
-            "pretrained" if base_hash is None else ("cached" if base_hash in bases else "to train"),
-            "none" if cfg.regime.name == "none" else ("cached" if cat_hash in catalysts else "to train"),
+            cache_state(cfg.cache_dir, "base", base_key(cfg)) if tiny else "pretrained",
+            "none" if cfg.regime.name == "none" else cache_state(cfg.cache_dir, "catalyst", catalyst_key(cfg, origin)),
         )
     console.print(table)
     done = sum(c.state() in ("done", "diverged") for c in cells)

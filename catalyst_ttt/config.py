@@ -357,8 +357,13 @@ def data_fingerprint(path: str | None) -> str | None:
     """The sha256 of a data file's content: an edited file never reuses what the old one built."""
     if not path or not Path(path).is_file():
         return None
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    return file_sha256(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, hashed once per process while its mtime and size stay."""
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=64)

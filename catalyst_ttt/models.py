@@ -62,9 +62,13 @@ def untrained_checkpoint(cfg: DictConfig, owner: str) -> str:
         tokenizer = char_tokenizer()
         save_checkpoint(new_tiny_model(cfg.model, tokenizer, cfg.base.seed), tokenizer, directory)
 
-    key = {"model": OmegaConf.to_container(cfg.model, resolve=True), "init_seed": cfg.base.seed}
-    path, _ = cached_checkpoint(cfg.cache_dir, "scratch", key, build, owner, cfg.lock_timeout)
+    path, _ = cached_checkpoint(cfg.cache_dir, "scratch", scratch_key(cfg), build, owner, cfg.lock_timeout)
     return str(path)
+
+
+def scratch_key(cfg: DictConfig) -> dict:
+    """Exactly what determines the untrained tiny model."""
+    return {"model": OmegaConf.to_container(cfg.model, resolve=True), "init_seed": cfg.base.seed}
 
 
 def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):

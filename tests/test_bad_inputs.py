@@ -6,6 +6,7 @@ installed `cttt`); a few run the real executable to check the process-level cont
 """
 
 import json
+import logging
 import math
 import os
 import stat
@@ -23,13 +24,17 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from catalyst_ttt import pipeline
 from catalyst_ttt import sweep as sweeps
+from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import RANGES, parse_overrides
+from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides
+from catalyst_ttt.models import scratch_key
+from catalyst_ttt.pipeline import catalyst_key
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
-from helpers.cells import cttt
+from helpers.cells import cttt, run
 from helpers.fakes import fake_result, write_store
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
@@ -409,6 +414,74 @@ def test_a_failed_launch_leaves_grid_json_and_the_report_as_they_were(tmp_path, 
     assert _report_files(runs, "smoke") == report  # the finished work is still what the report shows
     fresh = _invoke([*launch, "runs_dir=new", f"cache_dir={shared_cache}"], tmp_path, monkeypatch)
     assert fresh.exit_code == 2 and not (tmp_path / "new").exists()  # a store that was not there is not there
+
+
+# -- a corrupted cache is rebuilt ---------------------------------------------------------------
+
+
+def _two_file_build(directory: Path) -> None:
+    (directory / WEIGHTS).write_bytes(bytes(range(256)) * 4)
+    (directory / "config.json").write_text("{}")
+
+
+DAMAGES = {
+    "truncated weights": lambda path: (path / WEIGHTS).write_bytes((path / WEIGHTS).read_bytes()[:64]),
+    "a flipped byte": lambda path: (path / WEIGHTS).write_bytes(b"\x01" + (path / WEIGHTS).read_bytes()[1:]),
+    "no config.json": lambda path: (path / "config.json").unlink(),
+    "no weights": lambda path: (path / WEIGHTS).unlink(),
+    "no files.json": lambda path: (path / FILES).unlink(),
+    "key.json of another key": lambda path: (path / KEY).write_text('{"steps": 4}'),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=list(DAMAGES))
+def test_a_damaged_checkpoint_is_never_called_cached_and_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
+    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t")
+    assert built and cache_state(tmp_path, "base", {"steps": 3}) == "cached"
+    damage(path)
+    assert cache_state(tmp_path, "base", {"steps": 3}) == "damaged: to rebuild"
+    with caplog.at_level(logging.WARNING):
+        assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t") == (path, True)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"the cached base checkpoint {path} is damaged (" in warning and "rebuilding it" in warning
+    assert cache_state(tmp_path, "base", {"steps": 3}) == "cached"
+
+
+def test_a_failed_build_leaves_no_temporary_directory(tmp_path):
+    def failing(directory: Path) -> None:
+        (directory / WEIGHTS).write_bytes(b"half")
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        cached_checkpoint(tmp_path, "base", {"steps": 3}, failing, owner="t")
+    assert not [p.name for p in (tmp_path / "base").iterdir() if not p.name.endswith(".lock")]
+    assert cache_state(tmp_path, "base", {"steps": 3}) == "to train"
+
+
+def test_a_truncated_cached_base_is_rebuilt_by_the_next_cell_and_dry_run_says_so(tiny, tmp_path, monkeypatch, caplog):
+    overrides = tiny("regime=none", "signal=none", *MINIMAL, cache=tmp_path / "cache")
+    cfg = compose_cell(overrides)
+    base, _ = pipeline.base_checkpoint(cfg, build_task(cfg), owner="test")
+    (Path(base) / WEIGHTS).write_bytes((Path(base) / WEIGHTS).read_bytes()[:64])  # every cell failed on it before
+    plan = ["sweep", "smoke", "--dry-run", "regime=none", "signal=none", *MINIMAL, f"cache_dir={cfg.cache_dir}"]
+    dry = _invoke(plan, tmp_path, monkeypatch)
+    assert dry.exit_code == 0 and "damaged: to rebuild" in dry.stdout and "cached" not in dry.stdout, dry.output
+    with caplog.at_level(logging.WARNING):
+        result = run(overrides)
+    assert result["status"] == "done" and result["phases"]["base"] == "trained", result.get("error")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"the cached base checkpoint {base} is damaged ({WEIGHTS} is not the file that was built); rebuilding it"
+    ]
+
+
+def test_dry_run_finds_a_cached_from_scratch_catalyst(tmp_path, monkeypatch):
+    overrides = ["regime=correct", "signal=none", "catalyst.from_scratch=true", f"cache_dir={tmp_path / 'c'}"]
+    (cell,) = sweeps.load_sweep("smoke", overrides).cells()
+    scratch, _ = cached_checkpoint(tmp_path / "c", "scratch", scratch_key(cell.config), _two_file_build, owner="t")
+    cached_checkpoint(tmp_path / "c", "catalyst", catalyst_key(cell.config, scratch.name), _two_file_build, owner="t")
+    dry = _invoke(["sweep", "smoke", "--dry-run", *overrides], tmp_path, monkeypatch)
+    assert dry.exit_code == 0, dry.output
+    assert [line.split("│")[-2].strip() for line in dry.stdout.splitlines() if cell.id in line] == ["cached"]
 
 
 # -- work lost late -----------------------------------------------------------------------------
