@@ -187,16 +187,17 @@ def status(
     from catalyst_ttt import sweep as sweeps
     from catalyst_ttt.metrics.aggregate import aggregate, rule_of
     from catalyst_ttt.report import summary_table
-    from catalyst_ttt.results import cell_dirs, load_results
+    from catalyst_ttt.results import cell_dirs, read_store
 
-    results = load_results(runs_dir, name)
+    store = read_store(runs_dir, name)
+    results = store.results
     states = {}
     if name in sweeps.available_sweeps():
         for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
             states[cell.id] = cell.state()
-    for store in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
-        if store.cell not in states:
-            states[store.cell] = store.state((store.result() or {}).get("config_hash", ""))
+    for cell in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
+        if cell.cell not in states:
+            states[cell.cell] = cell.state((cell.result() or {}).get("config_hash", ""))
     for result in results:  # finished cells whose directory holds only the result
         states.setdefault(result["cell"], result["status"])
     tally: dict[str, int] = {}
@@ -208,6 +209,8 @@ def status(
     for cell, state in sorted(states.items()):
         if state.startswith(("running", "stale")) or state == "failed":
             console.print(f"  {state:<20} {cell}", highlight=False)
+    for path in store.corrupt:
+        console.print(f"  {'damaged, left out':<20} {path}", highlight=False, markup=False, soft_wrap=True)
     console.print(summary_table(aggregate(results, rule_of(results)), SUMMARY_TITLE))
 
 

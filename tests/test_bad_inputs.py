@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from catalyst_ttt import pipeline
+from catalyst_ttt import report as report_module
 from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
 from catalyst_ttt.cli import app
@@ -529,6 +531,51 @@ def test_a_sweep_file_that_is_not_utf8_text_or_not_a_file(tmp_path, monkeypatch,
     make(sweeps_dir / "mine.yaml")
     monkeypatch.setattr(sweeps, "SWEEPS_DIR", sweeps_dir)
     _assert_refused(_invoke(["sweep", "mine", "--dry-run"], tmp_path, monkeypatch), says, tmp_path, {"sweeps"})
+
+
+def test_status_and_report_read_a_damaged_store_cell_by_cell(tmp_path):
+    runs = tmp_path / "runs"
+    good = [fake_result("correct", "majority", seed, 0.6, 0.65) for seed in (0, 1, 2)]
+    write_store(runs, "hand", good)
+    damaged = {
+        "alive/status.json": '{"phase": "ttt", "host": "here", "pid": "twelve"}',
+        "alive/config.yaml": "seed: 0\n",
+        "huge/config.yaml": "seed: 0\n",
+        "huge/status.json": json.dumps({"phase": "ttt", "host": socket.gethostname(), "pid": 10**30}),
+        "nostatus/result.json": json.dumps({k: v for k, v in good[0].items() if k != "status"}),
+        "binary/result.json": b"\xff\xfe\x00garbage",
+        "nometrics/result.json": json.dumps({k: v for k, v in good[0].items() if k != "metrics"}),
+        f"{good[0]['cell']}/trajectory.json": '{"step": "one"}',
+        "grid.json": '["not", "a", "grid"]',
+    }
+    for name, content in damaged.items():
+        path = runs / "hand" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    bad = sorted(str(runs / "hand" / name) for name in damaged if not name.startswith("huge/") and "yaml" not in name)
+    status = CliRunner().invoke(app, ["status", "hand", "--runs-dir", str(runs)], terminal_width=400)
+    assert status.exit_code == 0, status.output
+    assert "done=3" in status.stdout and all(path in status.stdout for path in bad)
+    assert "stale:ttt" in status.stdout  # a pid no process can have: its process is gone
+    report = CliRunner().invoke(app, ["report", "hand", "--runs-dir", str(runs), "--no-wandb"], terminal_width=400)
+    assert report.exit_code == 0, report.output
+    text = (runs / "hand" / "report" / "report.md").read_text()
+    assert "3 of 3 cells done" in text and "Unreadable: 6 damaged file(s)" in text and all(p in text for p in bad)
+
+
+def test_a_report_that_fails_midway_leaves_the_last_report_whole(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    _finished_smoke_store(runs)
+    before = _report_files(runs, "smoke")
+
+    def broken_plot(*args):
+        raise RuntimeError("a plot failed")
+
+    monkeypatch.setattr(report_module, "plot_shifts", broken_plot)
+    with pytest.raises(RuntimeError):
+        report_module.write_report(report_module.build_report(runs, "smoke"), runs)
+    assert _report_files(runs, "smoke") == before
+    assert sorted(p.name for p in (runs / "smoke").iterdir() if p.name.startswith(".")) == []
 
 
 # -- hangs and floods ---------------------------------------------------------------------------
