@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from catalyst_ttt.anchors import check_anchor
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.results import check_directory
 from catalyst_ttt.schema import (
@@ -180,10 +181,6 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("signal.reference", cfg.signal.reference, ("majority", "gold"))
     _check_choice("model.kind", cfg.model.kind, ("tiny", "hf"))
     _check_choice("wandb.mode", cfg.wandb.mode, ("offline", "online", "disabled"))
-    if cfg.model.kind == "hf":
-        check_model_reference(cfg.model.name_or_path, "model.name_or_path")
-    if cfg.metrics.ig.scorer:
-        check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
     for key, rule in RANGES.items():
         _check_range(key, OmegaConf.select(cfg, key), rule)
     if cfg.catalyst.from_scratch and cfg.model.kind != "tiny":
@@ -212,6 +209,11 @@ def validate(cfg: DictConfig) -> None:
         )
     check_sizes(cfg, task)
     check_sampled_splits(cfg.eval.sampled_splits, task)
+    # Last: the checks that may ask the network, once everything local holds.
+    if cfg.model.kind == "hf":
+        check_model_reference(cfg.model.name_or_path, "model.name_or_path")
+    if cfg.metrics.ig.scorer:
+        check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
 
 
 def check_sampled_splits(names, task) -> None:
@@ -403,12 +405,14 @@ def task_key(cfg: DictConfig) -> dict:
 
 
 def check_model_reference(reference: str | None, key: str) -> None:
-    """A local model path must hold a model; anything else is taken as a hub id."""
+    """A local model path must hold a model; anything else is taken as a hub id, which must be reachable."""
     if not reference:
         raise UserError(f"{key} is missing; give a local model directory or a hub id")
     local = Path(reference).expanduser()
     if (local.is_absolute() or reference.startswith(".") or local.exists()) and not (local / "config.json").exists():
         raise UserError(f"{key}={reference!r}: no model there (a directory with config.json)")
+    if not local.exists():
+        check_hub_id(reference, key, "model")
 
 
 def build_task(cfg: DictConfig):

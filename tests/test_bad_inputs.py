@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
+from huggingface_hub import constants as hub_constants
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
-from catalyst_ttt import pipeline
+from catalyst_ttt import network, pipeline, tracking
 from catalyst_ttt import report as report_module
 from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
@@ -36,6 +37,7 @@ from catalyst_ttt.pipeline import catalyst_key
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
+from catalyst_ttt.tracking import Tracker
 from helpers.cells import cttt, run
 from helpers.fakes import fake_result, write_store
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
@@ -612,6 +614,67 @@ def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     assert any("A\u2028B\u0085C\u2029D" in p.prompt for p in _gsm8k(path).problems)
+
+
+# -- slow failures with no network --------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """A local address where nothing listens: every connection is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    network.reachable.cache_clear()
+    yield f"http://127.0.0.1:{port}"
+    network.reachable.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["run", "model=hf", "model.name_or_path=org/model"], "model.name_or_path='org/model' is a hub id, but http"),
+        (["run", "task=gsm8k", "task.dataset=org/data"], "task.dataset='org/data' is a hub id, but http"),
+    ],
+)
+def test_a_hub_id_without_the_hub_fails_at_once(tmp_path, monkeypatch, closed_url, args, says):
+    monkeypatch.setattr(hub_constants, "ENDPOINT", closed_url)
+    started = time.perf_counter()
+    _assert_refused(_invoke(args, tmp_path, monkeypatch), says, tmp_path)
+    assert time.perf_counter() - started < 5  # the hub client retried for 25-54 s
+
+
+def test_a_hub_model_in_the_local_cache_without_the_hub_says_how_to_load_it(tmp_path, monkeypatch, closed_url):
+    monkeypatch.setattr(hub_constants, "ENDPOINT", closed_url)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub" / "models--org--model" / "snapshots" / "abc").mkdir(parents=True)
+    done = _invoke(["run", "model=hf", "model.name_or_path=org/model"], tmp_path, monkeypatch)
+    _assert_refused(done, "is in the local hub cache: set HF_HUB_OFFLINE=1 to load it from there", tmp_path, {"hub"})
+
+
+def test_offline_mode_refuses_a_hub_id_that_is_not_in_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    done = _invoke(["run", "task=gsm8k", "task.dataset=org/data"], tmp_path, monkeypatch)
+    _assert_refused(done, "task.dataset='org/data' is a hub id, but HF_HUB_OFFLINE is set", tmp_path)
+
+
+def test_wandb_online_without_its_server_logs_offline_after_one_warning(tmp_path, monkeypatch, closed_url, caplog):
+    monkeypatch.setenv("WANDB_BASE_URL", closed_url)
+    tracking.online_unreachable.cache_clear()
+    runs = []
+    with caplog.at_level(logging.WARNING):
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            tracker = Tracker(
+                mode="online", project="p", entity=None, group="g", job_type="j", name=name, config={},
+                directory=tmp_path / name,
+            )  # fmt: skip
+            tracker.log_step(1, {"ttt/loss": 0.5})
+            runs.append(tracker.finish())
+    tracking.online_unreachable.cache_clear()
+    assert all(run and "offline-run-" in run for run in runs)  # logged, to be synced later
+    assert len([r for r in caplog.records if "cannot be reached; runs log offline" in r.getMessage()]) == 1
 
 
 # -- files a team can read ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalyst_ttt.errors import UserError, read_user_text
+from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.tasks.base import TASKS, TRAINING_SPLITS, Parsed, Problem, Task
 
 FINAL = "####"
@@ -116,6 +117,7 @@ def _load_rows(cfg: GSM8KConfig) -> list[tuple[str, dict]]:
     if cfg.path is None and cfg.dataset is None:
         raise UserError("task gsm8k needs task.path=<file.jsonl|file.parquet> or task.dataset=<hub id>")
     if cfg.path is None:
+        check_hub_id(cfg.dataset, "task.dataset", "dataset")
         from datasets import load_dataset
 
         try:
