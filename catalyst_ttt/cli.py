@@ -48,7 +48,7 @@ def _quiet_libraries() -> None:
 
 
 def user_errors(command):
-    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+    """Bad input -> one line on stderr and exit code 2, never a traceback; Ctrl-C -> one line, exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -58,6 +58,9 @@ def user_errors(command):
             # escaped: a message quotes the user's input, where `[none,correct]` is not rich markup
             err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: a cell it was running is recorded as interrupted; rerun to resume")
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -207,7 +210,7 @@ def status(
         f"sweep [bold]{name}[/bold]: {len(states)} cells — " + ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     )
     for cell, state in sorted(states.items()):
-        if state.startswith(("running", "stale")) or state == "failed":
+        if state.startswith(("running", "stale")) or state in ("failed", "interrupted"):
             console.print(f"  {state:<20} {cell}", highlight=False)
     for path in store.corrupt:
         console.print(f"  {'damaged, left out':<20} {path}", highlight=False, markup=False, soft_wrap=True)

@@ -24,7 +24,7 @@ RESULT, STATUS, TRAJECTORY, CONFIG, SAMPLES = (
     "samples.json",
 )
 GRID = "grid.json"  # runs/<sweep>/grid.json: the grid the last `cttt sweep` of that name ran
-FINAL = ("done", "diverged", "failed")
+FINAL = ("done", "diverged", "failed", "interrupted")  # the statuses a run of a cell ends with
 LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
 HOST = socket.gethostname()
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -38,7 +39,7 @@ from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
 from catalyst_ttt.tracking import Tracker
-from helpers.cells import cttt, run
+from helpers.cells import CTTT, cttt, run
 from helpers.fakes import fake_result, write_store
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
@@ -675,6 +676,47 @@ def test_wandb_online_without_its_server_logs_offline_after_one_warning(tmp_path
     tracking.online_unreachable.cache_clear()
     assert all(run and "offline-run-" in run for run in runs)  # logged, to be synced later
     assert len([r for r in caplog.records if "cannot be reached; runs log offline" in r.getMessage()]) == 1
+
+
+# -- interrupted is not failed ------------------------------------------------------------------
+
+
+def test_an_interrupted_cell_is_recorded_interrupted_and_a_rerun_finishes_it(tiny, tmp_path, monkeypatch):
+    overrides = tiny("regime=none", "signal=majority", *MINIMAL)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "train_at_test_time", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(overrides)
+    (path,) = (tmp_path / "runs" / "single").glob(f"*/{RESULT}")
+    result = json.loads(path.read_text())
+    assert result["status"] == "interrupted" and result["error"] == "interrupted (SIGINT) in phase ttt"
+    assert "KeyboardInterrupt" in (path.parent / "error.log").read_text()
+    status = CliRunner().invoke(app, ["status", "single", "--runs-dir", str(tmp_path / "runs")], terminal_width=300)
+    assert "interrupted=1" in status.stdout and f"interrupted          {result['cell']}" in status.stdout
+    again = run(overrides)
+    assert again["status"] == "done" and not again.get("skipped"), again.get("error")
+
+
+@pytest.mark.slow
+def test_sigint_during_ttt_records_interrupted_with_its_log(tiny, tmp_path):
+    runs = tmp_path / "runs"
+    overrides = tiny("regime=none", "signal=majority", *MINIMAL, "ttt.steps=400")
+    proc = subprocess.Popen([CTTT, "run", *overrides], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any('"ttt"' in p.read_text() for p in runs.glob("single/*/status.json")):
+        time.sleep(0.2)
+    time.sleep(1)  # inside the GRPO steps
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.strip().endswith("recorded as interrupted; rerun to resume"), stderr
+    (path,) = runs.glob(f"single/*/{RESULT}")
+    result = json.loads(path.read_text())
+    assert result["status"] == "interrupted" and result["error"] == "interrupted (SIGINT) in phase ttt"
+    assert "KeyboardInterrupt" in (path.parent / "error.log").read_text()
 
 
 # -- files a team can read ----------------------------------------------------------------------
