@@ -33,13 +33,14 @@ from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
 from catalyst_ttt.cli import app
 from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides
+from catalyst_ttt.evaluation import sample_metrics
 from catalyst_ttt.models import scratch_key
 from catalyst_ttt.pipeline import catalyst_key
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
 from catalyst_ttt.tracking import Tracker
-from helpers.cells import CTTT, cttt, run
+from helpers.cells import CTTT, TASK, cttt, run
 from helpers.fakes import fake_result, write_store
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 
@@ -507,6 +508,14 @@ def test_every_numeric_key_of_the_schema_has_its_range():
     """A value no phase can use must fail before the first one runs: a new key needs its rule in RANGES."""
     keys = _numeric_keys(CellConfig)
     assert len(keys) > 40 and not [key for key in keys if key not in RANGES]
+
+
+def test_maj_at_16_of_32_samples_is_counted_not_enumerated():
+    answers = [None if i % 7 == 0 else TASK.render((), "ABCD" if i % 3 else "DCBA")[1:] for i in range(32)]
+    started = time.perf_counter()
+    metrics = sample_metrics(TASK, answers, answers[1], 16)
+    assert time.perf_counter() - started < 2.0  # listing the C(32, 16) = 6e8 subsets took 12 s and 4 GiB, then died
+    assert 0.5 < metrics["acc/maj@16"] < 1.0 and metrics["acc/pass@16"] == 1.0
 
 
 # -- tracebacks instead of one line -------------------------------------------------------------
