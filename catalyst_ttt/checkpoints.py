@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from catalyst_ttt.cache import cache_key, cached_keys, measured_beside
+from catalyst_ttt.cache import cache_key, cache_state, measured_beside
 from catalyst_ttt.config import task_key
 from catalyst_ttt.metrics.statistics import ALPHA, floor_p, format_p
 from catalyst_ttt.signals import SIGNALS
@@ -69,33 +69,33 @@ def trains_at_test_time(cfg: DictConfig) -> bool:
 class Plan:
     """What a cell needs before it can run, as the phase cache has it now."""
 
-    base: str  # pretrained | cached | to train
-    catalyst: str  # none | cached | to train
+    base: str  # pretrained | cached | to train | damaged: to rebuild
+    catalyst: str  # none | cached | to train | damaged: to rebuild
     ttt: str  # no TTT | trains | gated (why) | decided by the floor gate after the catalyst
 
 
 def plan(cfg: DictConfig) -> Plan:
     """The cell's plan from the phase cache, with the pipeline's own keys (a `catalyst.from_scratch` catalyst
-    is keyed on its scratch checkpoint, as pipeline.catalyst_checkpoint builds it)."""
-    cached = {kind: cached_keys(cfg.cache_dir, kind) for kind in ("base", "scratch", "catalyst")}
+    is keyed on its scratch checkpoint, as pipeline.catalyst_checkpoint builds it); a damaged checkpoint is
+    never called cached."""
     if cfg.model.kind == "hf":
-        base, base_dir = "pretrained", None
+        base, base_dir, origin = "pretrained", None, str(cfg.model.name_or_path)
     else:
-        name = cache_key(base_key(cfg))
-        base, base_dir = ("cached" if name in cached["base"] else "to train"), Path(cfg.cache_dir) / "base" / name
-    origin = (
-        cache_key(scratch_key(cfg))
-        if cfg.catalyst.from_scratch
-        else checkpoint_name(cfg, str(base_dir or cfg.model.name_or_path))
-    )
-    catalyst_dir = None
+        key = base_key(cfg)
+        base, base_dir = cache_state(cfg.cache_dir, "base", key), Path(cfg.cache_dir) / "base" / cache_key(key)
+        origin = cache_key(scratch_key(cfg) if cfg.catalyst.from_scratch else key)
     if cfg.regime.name == "none":
-        catalyst, catalyst_dir = "none", base_dir
+        catalyst, start_dir = "none", base_dir
     else:
-        name = cache_key(catalyst_key(cfg, origin))
-        catalyst = "cached" if name in cached["catalyst"] else "to train"
-        catalyst_dir = Path(cfg.cache_dir) / "catalyst" / name if catalyst == "cached" else None
-    return Plan(base, catalyst, _ttt_plan(cfg, base_dir if base == "cached" else None, catalyst_dir))
+        key = catalyst_key(cfg, origin)
+        catalyst = cache_state(cfg.cache_dir, "catalyst", key)
+        start_dir = Path(cfg.cache_dir) / "catalyst" / cache_key(key)
+    usable = base == "cached"
+    return Plan(
+        base,
+        catalyst,
+        _ttt_plan(cfg, base_dir if usable else None, start_dir if catalyst in ("cached", "none") and usable else None),
+    )
 
 
 def _ttt_plan(cfg: DictConfig, base_dir: Path | None, start_dir: Path | None) -> str:

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from catalyst_ttt.errors import UserError
@@ -47,15 +48,19 @@ def _quiet_libraries() -> None:
 
 
 def user_errors(command):
-    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+    """Bad input -> one line on stderr and exit code 2, never a traceback; Ctrl-C -> one line, exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            # escaped: a message quotes the user's input, where `[none,correct]` is not rich markup
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: a cell it was running is recorded as interrupted; rerun to resume")
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -70,7 +75,7 @@ def run(
     from omegaconf import OmegaConf
 
     from catalyst_ttt.config import compose_cell
-    from catalyst_ttt.results import check_writable
+    from catalyst_ttt.results import check_directory
 
     if show not in (None, "job"):
         raise UserError(f"--cfg {show} is not valid; valid: job")
@@ -78,8 +83,8 @@ def run(
     if show:
         console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False, end="")
         return
-    check_writable(cfg.runs_dir)
-    check_writable(cfg.cache_dir)
+    check_directory(cfg.runs_dir, "runs_dir", writable=True)
+    check_directory(cfg.cache_dir, "cache_dir", writable=True)
     _quiet_libraries()
     from catalyst_ttt.pipeline import run_cell
     from catalyst_ttt.training import training_progress
@@ -106,7 +111,7 @@ def _print_cell(result: dict) -> None:
     if "ignition" in result:
         console.print(f"ignition (id greedy, catalyst - none, before TTT): {result['ignition']:+.3f}")
     if result.get("error"):
-        console.print(f"[red]{result['status']}:[/red] {result['error']}")
+        console.print(f"[red]{result['status']}:[/red] {escape(result['error'])}")
     console.print(f"results: {result.get('config', {}).get('runs_dir', 'runs')}/{result['sweep']}/{result['cell']}/")
 
 
@@ -117,20 +122,25 @@ def sweep(
     overrides: Optional[list[str]] = OVERRIDES,
     jobs: int = typer.Option(1, "--jobs", "-j", help="cells run in parallel on this machine (joblib)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, what is done and cached; run nothing"),
+    max_cells: Optional[int] = typer.Option(
+        None, "--max-cells", help="the largest grid to run (default 1000: a guard against range(0,100000))"
+    ),
 ) -> None:
     """Run a sweep as a Hydra multirun; finished cells are skipped."""
     from catalyst_ttt import sweep as sweeps
-    from catalyst_ttt.results import COMPLETE, check_writable
+    from catalyst_ttt.results import COMPLETE, check_directory
 
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
-    plan = sweeps.load_sweep(name, list(overrides or []), jobs)
+    if max_cells is not None and max_cells < 1:
+        raise UserError(f"--max-cells {max_cells} is not valid; it must be >= 1")
+    plan = sweeps.load_sweep(name, list(overrides or []), jobs, max_cells or sweeps.MAX_CELLS)
     cells = plan.cells()
     if dry_run:
         _print_plan(plan, cells)
         return
-    check_writable(cells[0].config.runs_dir)
-    check_writable(cells[0].config.cache_dir)
+    check_directory(cells[0].config.runs_dir, "runs_dir", writable=True)
+    check_directory(cells[0].config.cache_dir, "cache_dir", writable=True)
     _quiet_libraries()
     console.print(f"sweep [bold]{name}[/bold]: {len(cells)} cells")
     counts = sweeps.launch(plan, cells, console)
@@ -168,16 +178,17 @@ def status(
     from catalyst_ttt import sweep as sweeps
     from catalyst_ttt.metrics.aggregate import aggregate, rule_of
     from catalyst_ttt.report import summary_table
-    from catalyst_ttt.results import cell_dirs, load_results
+    from catalyst_ttt.results import cell_dirs, read_store
 
-    results = load_results(runs_dir, name)
+    store = read_store(runs_dir, name)
+    results = store.results
     states = {}
     if name in sweeps.available_sweeps():
         for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
             states[cell.id] = cell.state()
-    for store in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
-        if store.cell not in states:
-            states[store.cell] = store.state((store.result() or {}).get("config_hash", ""))
+    for cell in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
+        if cell.cell not in states:
+            states[cell.cell] = cell.state((cell.result() or {}).get("config_hash", ""))
     for result in results:  # finished cells whose directory holds only the result
         states.setdefault(result["cell"], result["status"])
     tally: dict[str, int] = {}
@@ -187,8 +198,10 @@ def status(
         f"sweep [bold]{name}[/bold]: {len(states)} cells — " + ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     )
     for cell, state in sorted(states.items()):
-        if state.startswith(("running", "stale")) or state == "failed":
+        if state.startswith(("running", "stale")) or state in ("failed", "interrupted"):
             console.print(f"  {state:<20} {cell}", highlight=False)
+    for path in store.corrupt:
+        console.print(f"  {'damaged, left out':<20} {path}", highlight=False, markup=False, soft_wrap=True)
     console.print(summary_table(aggregate(results, rule_of(results)), SUMMARY_TITLE))
 
 

@@ -27,7 +27,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from catalyst_ttt.anchors import anchor_parts, check_anchor
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.regimes import REGIMES
+from catalyst_ttt.results import check_directory
 from catalyst_ttt.schema import (
     CellConfig,
     StabilityConfig,
@@ -60,8 +62,10 @@ for _name in TASKS.names():
 # Keys that place or report a cell but do not change what it computes.
 NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "lock_timeout")
 SEED_LIMIT = 2**32  # numpy and HF seeding refuse larger seeds
-# A sweep or cell name becomes a directory under runs_dir: one plain path component.
+# A sweep or cell name becomes a directory under runs_dir: one plain path component, short enough
+# for every file system (255 bytes) with the cell ids and lock files placed below it.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
+NAME_LIMIT = 100
 
 
 def config_hash(node: Any) -> str:
@@ -75,32 +79,24 @@ def compose_cell(overrides: list[str]) -> DictConfig:
 
 def compose_cells(grid: list[list[str]]) -> list[DictConfig]:
     """Each grid point's config, validated. Hydra composes once per choice of config-group options (and
-    additions, deletions, Hydra's own keys); every other override sets an existing key of a copy, typed by
-    the schema as Hydra would, so a sweep of hundreds of cells plans in seconds."""
-    parser = OverridesParser.create()
+    additions, Hydra's own keys); every other override sets an existing key of a copy, typed by the schema
+    as Hydra would, so a sweep of hundreds of cells plans in seconds. Interpolations are resolved here, so
+    every value is checked as what the cell will use."""
     composed: dict[tuple[str, ...], DictConfig] = {}
     validated: set[str] = set()  # designs already checked: replicates differ in their seeds alone
     cells = []
     for overrides in grid:
-        deletions = [o for o in overrides if o.lstrip().startswith("~")]
-        if deletions:
-            raise UserError(
-                f"{deletions[0]!r}: deleting a key is not valid here; every key has a value, set it instead"
-            )
-        try:
-            parsed = parser.parse_overrides(list(overrides))
-        except OverrideParseException as err:
-            raise UserError(" ".join(str(err).split())) from None
+        parsed = parse_overrides(list(overrides), "the command line")
+        for line, override in zip(overrides, parsed):
+            _check_override(line, override)
         structural = tuple(o.input_line for o in parsed if _needs_hydra(o))
         if structural not in composed:
             composed[structural] = _compose(list(structural))
-            missing = sorted(OmegaConf.missing_keys(composed[structural]))
-            if missing:
-                raise UserError(f"{missing[0]} has no value; give one, e.g. {missing[0]}=<value>")
         cfg = copy.deepcopy(composed[structural])
         for override in parsed:
             if not _needs_hydra(override):
                 _set(cfg, override)
+        _resolve(cfg)
         make_paths_absolute(cfg)
         plain = OmegaConf.to_container(cfg)
         design = json.dumps({**plain, "seed": None, "base": {**plain["base"], "seed": None}}, default=str)
@@ -148,6 +144,46 @@ def _set(cfg: DictConfig, override: Override) -> None:
         raise UserError(f"Error merging override {override.input_line}: {_first_line(err)}") from None
 
 
+def _resolve(cfg: DictConfig) -> None:
+    """Resolve every interpolation in place, or refuse the one that cannot be, naming its key."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # raises naming the key, which `resolve` does not
+    except OmegaConfBaseException as err:
+        raise UserError(
+            f"{err.full_key}: its interpolation cannot be resolved ({str(err).splitlines()[0]}); valid: "
+            "a plain value, ${other.key} of this config, or ${oc.env:NAME} of a set variable"
+        ) from None
+    OmegaConf.resolve(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{missing[0]} has no value; give one, e.g. {missing[0]}=<value>")
+
+
+def parse_overrides(lines: list[str], where: str) -> list[Override]:
+    """Overrides read with Hydra's own grammar; a syntax error is one line naming where it was."""
+    try:
+        return OverridesParser.create().parse_overrides([str(line) for line in lines])
+    except OverrideParseException as err:
+        raise UserError(f"{where}: {' '.join(str(err).split())}") from None
+
+
+def _check_override(line: str, override: Override) -> None:
+    """What Hydra would accept but a cell cannot mean: a deleted key, or a config group given
+    several options (Hydra merges them, the last silently winning) or none."""
+    if override.is_delete():
+        raise UserError(f"{line!r}: deleting a key is not valid here; every key has a value, set it instead")
+    group = override.key_or_group
+    if group in GROUPS and not override.is_sweep_override() and not isinstance(override.value(), str):
+        raise UserError(
+            f"{line!r}: {group} takes one name; valid: {', '.join(group_options(group))} "
+            f"(a sweep crosses several: cttt sweep NAME {group}=a,b)"
+        )
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def make_paths_absolute(cfg: DictConfig) -> None:
     """Every worker (another working directory, `hydra.job.chdir=true`) shares one store, cache and data file."""
     cfg.runs_dir = str(Path(cfg.runs_dir).expanduser().absolute())
@@ -164,7 +200,7 @@ def _missing_option_message(err: MissingConfigException) -> str:
     missing = (err.missing_cfg_file or "").lstrip("/")
     group, _, name = missing.rpartition("/")
     if group in GROUPS:
-        listed = err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        listed = err.options or group_options(group)
         options = [o for o in listed if not o.endswith(SCHEMA_SUFFIX)]  # schemas are not options to pick
         return f"unknown {group} {name!r}; valid: {', '.join(options)}"
     return _first_line(err)
@@ -198,16 +234,14 @@ def validate(cfg: DictConfig) -> None:
     """Checks Hydra's types cannot express: registry names, keys added with `+`, ranges, sizes."""
     _check_known_keys(cfg, CellConfig, "")
     check_name(cfg.sweep, "sweep")
+    for key in ("runs_dir", "cache_dir"):
+        check_directory(cfg[key], key)
     task = build_task(cfg)  # loads and checks the task's data, if it has any
     REGIMES.get(cfg.regime.name)
     SIGNALS.get(cfg.signal.name).check_task(task)
     _check_choice("signal.reference", cfg.signal.reference, ("majority", "gold"))
     _check_choice("model.kind", cfg.model.kind, ("tiny", "hf"))
     _check_choice("wandb.mode", cfg.wandb.mode, ("offline", "online", "disabled"))
-    if cfg.model.kind == "hf":
-        check_model_reference(cfg.model.name_or_path, "model.name_or_path")
-    if cfg.metrics.ig.scorer:
-        check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
     for key, rule in RANGES.items():
         _check_range(key, OmegaConf.select(cfg, key), rule)
     if cfg.catalyst.from_scratch and cfg.model.kind != "tiny":
@@ -233,8 +267,18 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.ttt.num_generations < 2 and cfg.signal.name != "none":
         raise UserError(f"ttt.num_generations={cfg.ttt.num_generations} is not valid; GRPO groups need >= 2")
+    if cfg.eval.samples < cfg.eval.k:
+        raise UserError(
+            f"eval.samples={cfg.eval.samples} is not valid; the unbiased pass@k and maj@k need "
+            f">= eval.k={cfg.eval.k} samples per prompt"
+        )
     check_sizes(cfg, task)
     check_sampled_splits(cfg.eval.sampled_splits, task)
+    # Last: the checks that may ask the network, once everything local holds.
+    if cfg.model.kind == "hf":
+        check_model_reference(cfg.model.name_or_path, "model.name_or_path")
+    if cfg.metrics.ig.scorer:
+        check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
 
 
 def check_sampled_splits(names, task) -> None:
@@ -245,11 +289,19 @@ def check_sampled_splits(names, task) -> None:
         raise UserError(f"eval.sampled_splits {what}; valid: {', '.join(valid)}")
 
 
-# key -> (lowest, highest, lowest allowed itself); every value must also be finite.
+TINY_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
+MAX_THREADS = 1024  # beyond this, OpenMP fails to create the pool (or segfaults) once training starts
+# key -> (lowest, highest, lowest allowed itself); every value must also be finite. Every numeric key of
+# the schema has its rule here (tests/test_bad_inputs.py checks): a value no phase can use fails up front.
 RANGES: dict[str, tuple[float, float, bool]] = {
-    **{k: (0, math.inf, False) for k in ("base.lr", "catalyst.lr", "ttt.lr", "ttt.temperature", "eval.temperature")},
-    **{k: (0, math.inf, True) for k in ("ttt.beta", "ttt.steps", "catalyst.steps", "base.steps", "threads")},
-    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout")},
+    **{
+        k: (0, math.inf, False)
+        for k in ("base.lr", "catalyst.lr", "ttt.lr", "ttt.temperature", "eval.temperature", "metrics.ig.reader_lr")
+    },
+    **{k: (0, math.inf, True) for k in ("ttt.beta", "ttt.steps", "catalyst.steps", "base.steps")},
+    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout", "metrics.ig.reader_steps")},
+    "threads": (0, MAX_THREADS, True),
+    **{f"model.{k}": (1, math.inf, True) for k in TINY_SHAPE},
     **{
         k: (1, math.inf, True)
         for k in (
@@ -257,6 +309,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
             "ttt.num_generations",
             "ttt.eval_every",
             "eval.k",
+            "eval.samples",
             "eval.batch_size",
             "eval.max_per_split",
             "eval.trajectory_size",
@@ -266,24 +319,26 @@ RANGES: dict[str, tuple[float, float, bool]] = {
             "signal.samples",
             "signal.rounds",
             "metrics.ig.max_items",
+            "metrics.ig.reader_batch_size",
             "metrics.probes.atomic_items",
         )
     },
     **{k: (0, SEED_LIMIT - 1, True) for k in ("seed", "base.seed")},
     **{f"metrics.stability.{f.name}": (0, 1, True) for f in fields(StabilityConfig)},
 }
-TINY_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
 
 
 def _check_range(key: str, value, rule: tuple[float, float, bool]) -> None:
     if value is None:  # an optional limit left unset (e.g. eval.max_per_split: every item)
         return
     low, high, low_allowed = rule
-    ok = math.isfinite(value) and (value >= low if low_allowed else value > low) and value <= high
+    finite = not isinstance(value, float) or math.isfinite(value)  # an int of any size compares exactly
+    ok = finite and (value >= low if low_allowed else value > low) and value <= high
     if not ok:
         bound = f"{'>=' if low_allowed else '>'} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
         finite = "finite and " if isinstance(value, float) else ""
-        raise UserError(f"{key}={value} is not valid; it must be {finite}{bound}")
+        shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... ({len(str(value))} digits)"
+        raise UserError(f"{key}={shown} is not valid; it must be {finite}{bound}")
 
 
 def _check_choice(key: str, value, valid: tuple[str, ...]) -> None:
@@ -293,7 +348,10 @@ def _check_choice(key: str, value, valid: tuple[str, ...]) -> None:
 
 def check_name(name: str, what: str) -> None:
     """A name that becomes a directory must stay one component inside its parent."""
-    if not SAFE_NAME.fullmatch(str(name)) or ".." in str(name):
+    text = str(name)
+    if len(text) > NAME_LIMIT:
+        raise UserError(f"{what}={text[:20]!r}... is not valid; it has {len(text)} characters, at most {NAME_LIMIT}")
+    if not SAFE_NAME.fullmatch(text) or ".." in text:
         raise UserError(f"{what}={name!r} is not valid; use letters, digits and _ . = - (no '/', no '..')")
 
 
@@ -366,8 +424,13 @@ def data_fingerprint(path: str | None) -> str | None:
     """The sha256 of a data file's content: an edited file never reuses what the old one built."""
     if not path or not Path(path).is_file():
         return None
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    return file_sha256(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, hashed once per process while its mtime and size stay."""
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=64)
@@ -424,12 +487,14 @@ def task_key(cfg: DictConfig) -> dict:
 
 
 def check_model_reference(reference: str | None, key: str) -> None:
-    """A local model path must hold a model; anything else is taken as a hub id."""
+    """A local model path must hold a model; anything else is taken as a hub id, which must be reachable."""
     if not reference:
         raise UserError(f"{key} is missing; give a local model directory or a hub id")
     local = Path(reference).expanduser()
     if (local.is_absolute() or reference.startswith(".") or local.exists()) and not (local / "config.json").exists():
         raise UserError(f"{key}={reference!r}: no model there (a directory with config.json)")
+    if not local.exists():
+        check_hub_id(reference, key, "model")
 
 
 def build_task(cfg: DictConfig):

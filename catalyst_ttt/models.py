@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from catalyst_ttt.cache import cached_checkpoint
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, first_line
 from catalyst_ttt.schema import ModelConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -71,7 +71,7 @@ def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"model {name_or_path!r}: its tokenizer could not be loaded: {_first_line(err)}") from None
+        raise UserError(f"model {name_or_path!r}: its tokenizer could not be loaded: {first_line(err)}") from None
 
 
 def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
@@ -90,16 +90,12 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
         )
     except (OSError, ValueError) as err:
         hint = "" if cfg.allow_pickle else " (only safetensors weights load unless model.allow_pickle=true)"
-        raise UserError(f"model {name_or_path!r} could not be loaded: {_first_line(err)}{hint}") from None
+        raise UserError(f"model {name_or_path!r} could not be loaded: {first_line(err)}{hint}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def with_chat_template(splits: dict, tokenizer) -> dict:

@@ -50,6 +50,7 @@ class CellRecord:
         self.store = CellDir(cfg.runs_dir, cfg.sweep, self.name)
         self.tracker: Tracker | None = None
         self.result: dict = {}
+        self.current_phase = "start"
 
     def finished(self) -> dict | None:
         """The stored result when this exact config already ran to the end; otherwise the cell's lock
@@ -60,7 +61,8 @@ class CellRecord:
 
     @contextlib.contextmanager
     def running(self):
-        """Start the cell; on exit write `result.json` atomically with status done/diverged/failed."""
+        """Start the cell; on exit write `result.json` atomically with status done/diverged/failed, or
+        interrupted (Ctrl-C, SIGINT: not the cell's failure; a rerun runs it again)."""
         cfg = self.cfg
         signal = SIGNALS.get(cfg.signal.name)
         uses_labels = signal.uses_labels(cfg.signal)
@@ -102,6 +104,10 @@ class CellRecord:
             else:
                 self.result |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
                 (self.store.path / "error.log").write_text(traceback.format_exc())
+        except KeyboardInterrupt:
+            self.result |= {"status": "interrupted", "error": f"interrupted (SIGINT) in phase {self.current_phase}"}
+            (self.store.path / "error.log").write_text(traceback.format_exc())
+            raise
         finally:
             self._close()
 
@@ -113,6 +119,7 @@ class CellRecord:
     @contextlib.contextmanager
     def phase(self, name: str):
         """Time a phase and show it as the cell's status while it runs."""
+        self.current_phase = name
         self.store.set_status(name)
         started = time.perf_counter()
         try:

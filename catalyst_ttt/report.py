@@ -29,6 +29,7 @@ from catalyst_ttt.metrics.aggregate import (  # noqa: E402
     Group,
     Ignition,
     aggregate,
+    describe_rule,  # noqa: E402
     design,
     design_hash,
     group_key,
@@ -38,10 +39,17 @@ from catalyst_ttt.metrics.aggregate import (  # noqa: E402
     rule_of,
     shift_splits,
 )
-from catalyst_ttt.metrics.stability import describe_rule  # noqa: E402
 from catalyst_ttt.metrics.statistics import NO_INTERVAL, Estimate, format_p  # noqa: E402
 from catalyst_ttt.regimes import CALIBRATION_REGIMES  # noqa: E402
-from catalyst_ttt.results import GRID, TRAJECTORY, read_json, read_store, sweep_dir, write_atomic  # noqa: E402
+from catalyst_ttt.results import (  # noqa: E402
+    GRID,
+    TRAJECTORY,
+    read_record,
+    read_store,
+    staged_directory,
+    sweep_dir,
+    write_atomic,
+)
 from catalyst_ttt.schema import ANCHORS, StabilityConfig  # noqa: E402
 
 TRAP_DROP = 0.05  # process validity or IG "fell" when lower than at the start by more than this
@@ -85,7 +93,7 @@ def varying(keys: list[dict]) -> list[str]:
 
 def build_report(runs_dir: str | Path, sweep: str) -> Report:
     store = read_store(runs_dir, sweep)
-    grid = read_json(sweep_dir(runs_dir, sweep) / GRID)
+    grid = read_record(sweep_dir(runs_dir, sweep) / GRID)
     results = of_grid(store.results, grid)
     if not any(r["status"] == "done" for r in results):
         raise UserError(
@@ -377,7 +385,7 @@ def provenance(report: Report) -> list[str]:
         lines.append(f"No {GRID} in the store (cells of `cttt run`): every cell is aggregated, by configuration.")
     if report.corrupt:
         lines.append(
-            f"Unreadable: {len(report.corrupt)} result.json file(s), not counted: "
+            f"Unreadable: {len(report.corrupt)} damaged file(s), not counted: "
             + ", ".join(str(p) for p in report.corrupt)
             + "."
         )
@@ -663,7 +671,7 @@ def _trajectories(report: Report, runs_dir: Path) -> dict[str, dict[str, list]]:
     out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for group in report.groups:
         for cell in group.cells:
-            rows = read_json(sweep_dir(runs_dir, report.sweep) / cell["cell"] / TRAJECTORY) or []
+            rows = read_record(sweep_dir(runs_dir, report.sweep) / cell["cell"] / TRAJECTORY) or []
             if rows:
                 out[where(group, report.varying)][signal_name(group)].append(
                     ([r["step"] for r in rows], [r["id"]["acc"] for r in rows])
@@ -993,7 +1001,6 @@ def budget_plots(report: Report) -> dict:
 def write_report(report: Report, runs_dir: str | Path) -> Path:
     runs_dir = Path(runs_dir)
     directory = sweep_dir(runs_dir, report.sweep) / "report"
-    directory.mkdir(parents=True, exist_ok=True)
     plots = {
         "trajectories": lambda p: plot_trajectories(report, runs_dir, p),
         "ignition_vs_stability": lambda p: plot_ignition_stability(report, p),
@@ -1001,11 +1008,13 @@ def write_report(report: Report, runs_dir: str | Path) -> Path:
         "shifts": lambda p: plot_shifts(report, p),
     }
     plots |= budget_plots(report)
-    for name, draw in plots.items():
-        report.plots[name] = directory / f"{name}.png"
-        draw(report.plots[name])
-    write_atomic(directory / "report.md", markdown(report, embed=False))
-    write_atomic(directory / "report.html", to_html(report))
+    with staged_directory(directory) as staging:  # a report that fails midway leaves the last one whole
+        for name, draw in plots.items():
+            report.plots[name] = staging / f"{name}.png"
+            draw(report.plots[name])
+        write_atomic(staging / "report.md", markdown(report, embed=False))
+        write_atomic(staging / "report.html", to_html(report))
+    report.plots = {name: directory / path.name for name, path in report.plots.items()}
     report.directory = directory
     return directory
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,24 +26,48 @@ RESULT, STATUS, TRAJECTORY, CONFIG, SAMPLES = (
 GRID = "grid.json"  # runs/<sweep>/grid.json: the grid the last `cttt sweep` of that name ran
 GATED = "gated"  # finished before TTT: the start does not beat its base (pipeline.floor_gate)
 COMPLETE = ("done", "diverged", GATED)  # a cell in one of these states is never run again
-FINAL = (*COMPLETE, "failed")
+FINAL = (*COMPLETE, "failed", "interrupted")  # the statuses a run of a cell ends with
 LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
 HOST = socket.gethostname()
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    The file is created with mode 0666 less the umask, as `open` creates files (mkstemp's 0600 would
+    hide results from the rest of a team sharing the store)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_directory(directory: Path):
+    """A fresh directory to write into, which replaces `directory` only when the block completes: a
+    failure midway leaves the previous `directory` as it was and nothing half-written."""
+    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        directory.rename(retired)
+    staging.rename(directory)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_json(path: Path, data) -> None:
@@ -56,10 +81,67 @@ def _json_default(obj):
 
 
 def read_json(path: Path):
+    """The file's JSON, or None when it is missing or not JSON (not UTF-8, truncated, nested too deeply)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+Number = (int, float)
+# What the store's readers (status, the report, the aggregation) take from each file: dotted path -> type.
+# A file without it is damaged: named and left out, so one bad cell never stops a status or a report.
+FIELDS = {
+    RESULT: {
+        "cell": str,
+        "config_hash": str,
+        "status": str,
+        "axes.seed": int,
+        "axes.regime": str,
+        "axes.signal": str,
+        "config.metrics.stability": dict,
+    },
+    STATUS: {"phase": str, "host": str, "pid": int},
+    GRID: {"file": str, "file_sha256": str, "cells": dict},
+}
+DONE_FIELDS = {  # what a finished cell adds, read by every table of the report
+    "metrics.id.acc/greedy": Number,
+    "pre_ttt.acc/greedy": Number,
+    "pre_ttt.base_acc/greedy": Number,
+    "pre_ttt.process/step_validity": Number,
+    "stab": dict,
+    "items": dict,
+}
+TRAJECTORY_ROW = {"step": int, "id.acc": Number}
+
+
+def _has(data, fields: dict) -> bool:
+    for path, kind in fields.items():
+        node = data
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, kind) or isinstance(node, bool):
+            return False
+    return True
+
+
+def _well_formed(name: str, data) -> bool:
+    if name == TRAJECTORY:
+        return isinstance(data, list) and all(_has(row, TRAJECTORY_ROW) for row in data)
+    if not _has(data, FIELDS[name]):
+        return False
+    if name == RESULT:
+        return data["status"] in FINAL and (data["status"] != "done" or _has(data, DONE_FIELDS))
+    if name == GRID:
+        return all(isinstance(v, str) for v in data["cells"].values())
+    return True
+
+
+def read_record(path: Path):
+    """A store file (result, status, trajectory or grid .json) as its readers rely on it, or None
+    when it is missing or damaged."""
+    data = read_json(path)
+    return data if data is not None and _well_formed(path.name, data) else None
 
 
 SOFT_LOCKS = "CTTT_SOFT_LOCKS"  # =1: lock files created with O_EXCL, for file systems without fcntl locks
@@ -92,10 +174,10 @@ class CellDir:
         self._lock: BaseFileLock | None = None
 
     def result(self) -> dict | None:
-        return read_json(self.path / RESULT)
+        return read_record(self.path / RESULT)
 
     def status(self) -> dict | None:
-        return read_json(self.path / STATUS)
+        return read_record(self.path / STATUS)
 
     def is_done(self, config_hash: str) -> bool:
         result = self.result()
@@ -106,8 +188,8 @@ class CellDir:
         Waits for another process running it; False when that process finished it meanwhile."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = new_lock(self.lock_path)
-        status = self.status() or {}
-        holder = f"{status['host']}:{status['pid']}" if "host" in status else ""
+        status = self.status()
+        holder = f"{status['host']}:{status['pid']}" if status else ""
         acquire(self._lock, timeout, f"cell {self.cell}", holder)
         if self.is_done(config_hash):
             self.release()
@@ -140,8 +222,8 @@ class CellDir:
 
     def is_stale(self, status: dict) -> bool:
         """The process that wrote `status` is gone: on this host its pid is dead; elsewhere its cell lock is free."""
-        if status.get("host") == HOST and "pid" in status:
-            return not _pid_alive(int(status["pid"]))
+        if status["host"] == HOST:
+            return not _pid_alive(status["pid"])
         if not self.lock_path.exists() or os.environ.get(SOFT_LOCKS) == "1":
             return False  # no lock that dies with its holder to ask: assume running
         probe = FileLock(str(self.lock_path))
@@ -157,9 +239,11 @@ class CellDir:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0 or -1, 0) would ask about a whole process group, not one process
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except PermissionError:  # alive, owned by another user
         return True
@@ -183,32 +267,34 @@ def cell_dirs(runs_dir: str | Path, sweep: str) -> list[CellDir]:
 @dataclass
 class Store:
     results: list[dict]
-    corrupt: list[Path]  # result.json files that are not a readable result: reported, never silently dropped
+    corrupt: list[Path]  # store files that are damaged (read_record): reported, never silently dropped
 
 
 def read_store(runs_dir: str | Path, sweep: str) -> Store:
-    """Every cell's result.json in a sweep, and the paths of those that cannot be read."""
+    """Every cell's result in a sweep, and the paths of the store's damaged files (results, statuses,
+    trajectories, the grid), read cell by cell: a damaged file is named and the rest is read."""
     root = sweep_dir(runs_dir, sweep)
     if not root.is_dir():
         raise UserError(f"no results for sweep {sweep!r}: {root} does not exist; run `cttt sweep {sweep}` first")
     store = Store([], [])
-    for path in sorted(root.glob(f"*/{RESULT}")):
-        result = read_json(path)
-        if isinstance(result, dict) and {"status", "axes"} <= set(result):
-            store.results.append(result)
-        else:
+    files = [root / GRID, *(path for name in (RESULT, STATUS, TRAJECTORY) for path in root.glob(f"*/{name}"))]
+    for path in sorted(files):
+        record = read_record(path)
+        if record is None and path.exists():
             store.corrupt.append(path)
+        elif path.name == RESULT:
+            store.results.append(record)
     return store
 
 
-def load_results(runs_dir: str | Path, sweep: str) -> list[dict]:
-    return read_store(runs_dir, sweep).results
-
-
-def check_writable(directory: str | Path) -> None:
+def check_directory(directory: str | Path, key: str, writable: bool = False) -> None:
+    """`directory` (`runs_dir`, `cache_dir`) is a directory or can be made one, with no file in the way;
+    with `writable`, this user can write there."""
     path = Path(directory)
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir():
+        raise UserError(f"{key}={str(path)!r} is not valid: {probe} is a file; give a directory")
+    if writable and not os.access(probe, os.W_OK):
         raise UserError(f"cannot write to {path}: {probe} is not writable")

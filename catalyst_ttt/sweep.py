@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import re
+import shutil
 import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
 
 import hydra
 import yaml
@@ -17,8 +21,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import (
@@ -37,15 +41,21 @@ from catalyst_ttt.config import (
     cell_identity,
     check_name,
     compose_cells,
+    group_options,
+    parse_overrides,
     shipped_dir,
 )
-from catalyst_ttt.errors import UserError
-from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_json
+from catalyst_ttt.errors import UserError, first_line, read_user_text
+from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_atomic, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
-PLAIN = re.compile(r"[\w./:@+-]*[\w./:@-]|")  # needs no quotes in an override value
+# Characters Hydra's lexer takes unquoted (ASCII only: it refuses `é` unquoted).
+PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]*[A-Za-z0-9_./:@-]")
 SWEEP_KEYS = {"description", "axes", "overrides", "hypotheses"}
 HYPOTHESES = "hypotheses.json"  # runs/<sweep>/: the study file's hypotheses as they were at its first launch
+PATH_KEYS = ("runs_dir", "cache_dir", "task.path")  # made absolute when a cell is composed
+# A larger grid needs --max-cells: composing a cell takes ~0.2 s, and a typo can ask for 10**5 of them.
+MAX_CELLS = 1000
 
 
 @dataclass
@@ -80,9 +90,7 @@ class Sweep:
         ]
 
     def describe_axes(self) -> str:
-        return " | ".join(
-            "; ".join(f"{k}={','.join(v)}" for k, v in axes.items()) or "one cell" for axes in self.blocks
-        )
+        return " | ".join("; ".join(f"{k}={','.join(v)}" for k, v in axes.items()) or "no axis" for axes in self.blocks)
 
     def cells(self) -> list[Cell]:
         """Every cell composed and validated: a bad name or value fails here, before compute.
@@ -91,72 +99,89 @@ class Sweep:
         grid = self.grid()
         for overrides, cfg in zip(grid, compose_cells(grid)):
             name, semantic = cell_identity(cfg)
-            cell = Cell(name, overrides, cfg, semantic)
-            out.setdefault(cell.id, cell)
+            out.setdefault(name, Cell(name, overrides, cfg, semantic))
         if self.hydra_args:
-            check_hydra_args(self.grid()[0] + self.hydra_args)
+            check_hydra_args(grid[0] + self.hydra_args)
         return list(out.values())
 
     def multirun_argvs(self, place: DictConfig) -> list[list[str]]:
-        """Hydra's argv per block; the store and cache as absolute paths, so every worker shares them."""
-        fixed = [o for o in self.fixed if _key(o) not in ("runs_dir", "cache_dir")]
-        paths = [f"runs_dir={quote(place.runs_dir)}", f"cache_dir={quote(place.cache_dir)}"]
-        return [
-            ["cttt", "--multirun", *fixed, *paths, *(f"{k}={','.join(v)}" for k, v in axes.items()), *self.hydra_args]
-            for axes in self.blocks
-        ]
+        """Hydra's argv per block; the store, cache and data file as the absolute paths `place` (a composed
+        cell) holds, so every worker shares them whatever its working directory (`hydra.job.chdir=true`)."""
+        argvs = []
+        for axes in self.blocks:
+            placed = [key for key in PATH_KEYS if key not in axes and OmegaConf.select(place, key) is not None]
+            fixed = [o for o in self.fixed if _key(o) not in placed]
+            paths = [f"{key}={quote(OmegaConf.select(place, key))}" for key in placed]
+            crossed = [f"{k}={','.join(v)}" for k, v in axes.items()]
+            argvs.append(["cttt", "--multirun", *fixed, *paths, *crossed, *self.hydra_args])
+        return argvs
 
 
 def available_sweeps() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
-def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> Sweep:
+def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     """The sweep file plus command-line overrides, read with Hydra's override grammar: a sweep
-    (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it."""
+    (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it. A grid of more
+    than `max_cells` points is refused before any cell is composed."""
     check_name(name, "sweep")
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.exists():
         raise UserError(f"unknown sweep {name!r}; valid: {', '.join(available_sweeps())}")
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.safe_load(read_user_text(path)) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(spec, dict) or set(spec) - SWEEP_KEYS:
         raise UserError(f"{path}: top-level keys must be among {sorted(SWEEP_KEYS)}")
+    if not isinstance(spec.get("overrides") or {}, dict):
+        raise UserError(f"{path}: 'overrides' must map keys to values")
     blocks = spec.get("axes") or {}
     blocks = blocks if isinstance(blocks, list) else [blocks]  # a list: the union of several grids
-    if not isinstance(spec.get("overrides") or {}, dict) or not all(isinstance(b, dict) and b for b in blocks):
-        raise UserError(f"{path}: 'overrides' must map keys to values, 'axes' too (or be a list of such blocks)")
+    if not all(isinstance(block, dict) for block in blocks):
+        raise UserError(f"{path}: 'axes' must map keys to values (or be a list of such blocks)")
     hypotheses.parse(spec.get("hypotheses"), str(path))
     fixed: dict[str, str] = {}
     hydra_args: list[str] = []
-    file_overrides = [f"{k}={quote(v)}" for k, v in (spec.get("overrides") or {}).items()]
-    for override in parse_overrides(file_overrides, str(path)):
+    for override in parse_overrides([f"{k}={quote(v)}" for k, v in (spec.get("overrides") or {}).items()], str(path)):
         if override.is_hydra_override():
             hydra_args.append(override.input_line)
         else:
             fixed[override.key_or_group] = override.input_line
-    axes = [_axes(parse_overrides([_axis_line(k, v) for k, v in block.items()], str(path))) for block in blocks]
+    axes = [
+        _axes(parse_overrides([_axis_line(k, v) for k, v in block.items()], str(path)), max_cells) for block in blocks
+    ]
     for override in parse_overrides(cli_overrides, "the command line"):
         key = override.key_or_group
         if override.is_hydra_override():
             hydra_args.append(override.input_line)
         elif override.is_sweep_override():  # sets this axis in every block
+            values = sweep_values(override, max_cells)
             for block in axes:
-                block[key] = sweep_values(override)
+                block[key] = values
             fixed.pop(key, None)
         else:
             fixed[key] = override.input_line
             for block in axes:
                 block.pop(key, None)
-    for block in axes:  # a key is an axis or fixed, never both: an axis wins over the file's fixed value
+    for block in axes:  # a key is an axis or fixed, never both: a block's axis wins over the file's fixed value
         for key in block:
             fixed.pop(key, None)
+    size = sum(math.prod(len(values) for values in block.values()) for block in axes)
+    if size > max_cells:
+        counts = " + ".join(
+            " x ".join(f"{k} {len(v)}{'+' if len(v) > max_cells else ''}" for k, v in b.items()) for b in axes
+        )
+        raise UserError(
+            f"sweep {name}: the grid has more than --max-cells {max_cells} cells ({counts}); "
+            "narrow an axis (e.g. seed=0,1) or raise --max-cells"
+        )
     if jobs and jobs > 1:
         explicit = [a for a in hydra_args if a.startswith(("hydra/launcher", "hydra.launcher"))]
         if explicit:
             raise UserError(f"--jobs {jobs} picks the joblib launcher; drop it or {explicit[0]!r}, not both")
+        jobs = min(jobs, size)  # joblib starts every worker up front, whether a cell is left for it or not
         hydra_args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         fixed.setdefault("threads", f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
     fixed["sweep"] = f"sweep={name}"
@@ -164,38 +189,42 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
 
 
 def _axis_line(key: str, values) -> str:
-    return f"{key}={','.join(quote(v) for v in values) if isinstance(values, list) else values}"
+    """An axis of the study file as an override: a list of values, or one string of Hydra sweep syntax
+    (`range(0,3)`) kept as written."""
+    return f"{key}={','.join(quote(v) for v in values) if isinstance(values, list) else _as_written(values)}"
 
 
-def _axes(overrides: list[Override]) -> Axes:
+def _axes(overrides: list[Override], max_cells: int) -> Axes:
     """A block's axes: a sweep override (`a,b`, `range(...)`) is an axis, a single value an axis of one."""
     return {
-        o.key_or_group: sweep_values(o) if o.is_sweep_override() else [o.input_line.partition("=")[2]]
+        o.key_or_group: sweep_values(o, max_cells) if o.is_sweep_override() else [o.input_line.partition("=")[2]]
         for o in overrides
     }
 
 
-def parse_overrides(lines: list[str], where: str) -> list[Override]:
-    try:
-        return OverridesParser.create().parse_overrides([str(line) for line in lines])
-    except OverrideParseException as err:
-        raise UserError(f"{where}: {' '.join(str(err).split())}") from None
-
-
-def sweep_values(override: Override) -> list[str]:
-    """The values of a sweep override, each as Hydra reads it; `glob` picks among a group's options."""
+def sweep_values(override: Override, limit: int) -> list[str]:
+    """The values of a sweep override, each as Hydra reads it (at most `limit` + 1 of them: the grid's
+    bound is checked without listing a huge range); `glob` picks among a group's options."""
     if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
         group = override.key_or_group
         if group not in GROUPS:
             raise UserError(f"{override.input_line!r}: glob() picks config options; valid keys: {', '.join(GROUPS)}")
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = group_options(group)
         values = override.value().filter(options)
         if not values:
             raise UserError(f"{override.input_line!r} matches no {group}; valid: {', '.join(options)}")
         return values
     if override.value_type == ValueType.INTERVAL_SWEEP:
         raise UserError(f"{override.input_line!r}: interval() needs a sweeper that samples; give values or range()")
-    return list(override.sweep_string_iterator())
+    try:
+        values = list(itertools.islice(override.sweep_string_iterator(), limit + 1))
+    except ValueError as err:  # range(0,3,0)
+        raise UserError(
+            f"{override.input_line!r}: {err}; valid: range(start,stop[,step]) with a step other than 0"
+        ) from None
+    if not values:
+        raise UserError(f"{override.input_line!r} gives no values; an axis needs at least one (range(0,3): 0, 1, 2)")
+    return values
 
 
 def check_hydra_args(overrides: list[str]) -> None:
@@ -215,11 +244,29 @@ def check_hydra_args(overrides: list[str]) -> None:
 
 
 def quote(value) -> str:
-    """A value as Hydra's grammar reads it back: strings with special characters are quoted."""
+    """`value` (from YAML or a composed config) written so that Hydra's grammar reads back exactly
+    it: null, true/false, numbers, lists, and strings, quoted unless plain ASCII that reads back the same."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # 1e-05, inf, nan: Hydra reads each back as that float
+    if isinstance(value, list):
+        return "[" + ",".join(quote(v) for v in value) + "]"
+    if isinstance(value, dict):
+        raise UserError(f"{value!r}: a mapping is not a value here; give a name, number or list")
     text = str(value)
-    if isinstance(value, str) and not PLAIN.fullmatch(text):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return text
+    if PLAIN.fullmatch(text) and OverridesParser.create().parse_override(f"k={text}").value() == text:
+        return text
+    # Inside quotes a backslash escapes only a quote or another backslash before a quote or the end.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def _as_written(value) -> str:
+    """A YAML value that Hydra reads as written (a string: sweep syntax); null, true, numbers quoted."""
+    return value if isinstance(value, str) else quote(value)
 
 
 def _key(override: str) -> str:
@@ -235,20 +282,63 @@ def hydra_cell(cfg: DictConfig) -> str:
 
 
 def launch(sweep: Sweep, cells: list[Cell], console: Console) -> dict[str, int]:
-    """Run the multirun with a live progress view; returns the count of cells per final state."""
+    """Run the multirun with a live progress view; returns the count of cells per final state.
+
+    A launcher that fails (`hydra.launcher.n_jobs=0`, an unreachable cluster) is one line; if no cell
+    started, the store is left as it was, `grid.json` included, so the report still shows the last grid."""
+    before = {cell.id: cell.state() for cell in cells}
+    snapshot = StoreSnapshot(sweep_dir(cells[0].config.runs_dir, sweep.name))
     record_grid(sweep, cells)
     monitor = Monitor(cells, console)
     argv = sys.argv
     monitor.start()
     try:
-        for block_argv in sweep.multirun_argvs(cells[0].config):
-            GlobalHydra.instance().clear()
-            sys.argv = block_argv
-            hydra_cell()
+        with mock.patch.dict(os.environ, {"HYDRA_FULL_ERROR": "1"}):  # Hydra raises, instead of printing a traceback
+            for block in sweep.multirun_argvs(cells[0].config):
+                GlobalHydra.instance().clear()
+                sys.argv = block
+                hydra_cell()
+    except Exception as err:  # noqa: BLE001 - whatever the launcher raised, the user gets one line
+        started = any(cell.state() != before[cell.id] for cell in cells)
+        if not started:
+            snapshot.restore()
+        outcome = "rerun to resume" if started else "no cell started; the store is as it was"
+        raise UserError(
+            f"sweep {sweep.name}: the launch failed ({type(err).__name__}: {first_line(err)}); {outcome}"
+        ) from None
     finally:
         sys.argv = argv
         monitor.stop()
     return monitor.counts()
+
+
+class StoreSnapshot:
+    """What a launch writes before any cell starts: `grid.json`, a first registration of the hypotheses,
+    Hydra's multirun directory, and the directories above them that did not exist."""
+
+    def __init__(self, root: Path):
+        self.grid = root / GRID
+        self.grid_text = self.grid.read_text(encoding="utf-8") if self.grid.is_file() else None
+        self.hypotheses = root / HYPOTHESES
+        self.new_hypotheses = not self.hypotheses.exists()
+        self.hydra_dir = root / ".hydra"
+        self.new_hydra_dir = not self.hydra_dir.exists()
+        self.new_dirs = [path for path in (root, *root.parents) if not path.exists()]  # deepest first
+
+    def restore(self) -> None:
+        if self.grid_text is None:
+            self.grid.unlink(missing_ok=True)
+        else:
+            write_atomic(self.grid, self.grid_text)
+        if self.new_hypotheses:
+            self.hypotheses.unlink(missing_ok=True)
+        if self.new_hydra_dir:
+            shutil.rmtree(self.hydra_dir, ignore_errors=True)
+        for directory in self.new_dirs:
+            try:
+                directory.rmdir()  # only while empty: another process may have written there meanwhile
+            except OSError:
+                break
 
 
 def record_grid(sweep: Sweep, cells: list[Cell]) -> None:

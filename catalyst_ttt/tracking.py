@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
 
 import wandb
 
+from catalyst_ttt.network import reachable
+
 log = logging.getLogger(__name__)
 STEP = "ttt/step"
+
+
+@functools.cache
+def online_unreachable(url: str) -> bool:
+    """W&B online cannot reach its server (warned once per process): wandb.init would stall ~90 s a run."""
+    if reachable(url):
+        return False
+    log.warning("W&B: %s cannot be reached; runs log offline instead (upload them later with wandb sync)", url)
+    return True
 
 
 class Tracker:
@@ -27,6 +39,8 @@ class Tracker:
         directory: Path,
     ):
         self.run = None
+        if mode == "online" and online_unreachable(wandb.Settings().base_url):
+            mode = "offline"
         self.mode = mode
         self.history: list[dict] = []  # every log_step row, kept locally whatever W&B does
         if mode == "disabled":

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import operator
 import random
 
 import pytest
@@ -43,6 +44,17 @@ def test_maj_at_k_with_ties():
     assert maj_at_k(["B", "A", "A", "B"], "A", equal) == 0.0
     assert maj_at_k([None, None, "A"], "A", equal) == 1.0  # unparseable samples do not vote
     assert maj_at_k([None, None], "A", equal) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_maj_at_k_equals_the_mean_over_every_k_subset(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 9)
+    k = rng.randint(1, n)
+    answers = [rng.choice(["A", "B", "C", None]) for _ in range(n)]
+    subsets = list(itertools.combinations(answers, k))
+    brute = sum(maj_at_k(list(s), "A", operator.eq) for s in subsets) / len(subsets)  # k None: one vote of all
+    assert maj_at_k(answers, "A", operator.eq, k) == pytest.approx(brute, abs=1e-12)
 
 
 def test_agreement_collapse_and_diversity():

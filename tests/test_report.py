@@ -311,7 +311,7 @@ def test_corrupt_results_are_counted_and_named(tmp_path):
     report = build_report(runs, "hand")
     assert len(report.groups[0].cells) == 3 and len(report.corrupt) == 2
     text = markdown(report, embed=False)
-    assert f"Unreadable: 2 result.json file(s), not counted: {runs / 'hand' / 'cut' / 'result.json'}" in text
+    assert f"Unreadable: 2 damaged file(s), not counted: {runs / 'hand' / 'cut' / 'result.json'}" in text
     assert str(runs / "hand" / "list" / "result.json") in text
 
 

@@ -17,10 +17,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, read_user_text
+from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.tasks.base import TASKS, TRAINING_SPLITS, Parsed, Problem, Task
 
 FINAL = "####"
+# A gold answer as GSM8K writes it. `float` would also take `1_000`, `1e3`, `inf` or non-ASCII digits,
+# which a model's `1000` then never equals.
+DECIMAL = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 BINARY = {
     ast.Add: operator.add,
@@ -113,6 +117,7 @@ def _load_rows(cfg: GSM8KConfig) -> list[tuple[str, dict]]:
     if cfg.path is None and cfg.dataset is None:
         raise UserError("task gsm8k needs task.path=<file.jsonl|file.parquet> or task.dataset=<hub id>")
     if cfg.path is None:
+        check_hub_id(cfg.dataset, "task.dataset", "dataset")
         from datasets import load_dataset
 
         try:
@@ -136,17 +141,9 @@ def _load_rows(cfg: GSM8KConfig) -> list[tuple[str, dict]]:
 
 def _read_jsonl(path: Path) -> list[tuple[int, object]]:
     """(line number, parsed row) for every non-blank line of a UTF-8 JSON Lines file."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only (JSON Lines): `splitlines` would also break inside a string at U+2028 or U+0085.
+    for number, line in enumerate(read_user_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -170,17 +167,27 @@ def _problem(location: str, row) -> Problem:
     if not mark or not final.strip():
         raise UserError(f"{location}: answer has no final '#### N' line")
     answer = final.strip().replace(",", "")
-    if not _is_number(answer):
-        raise UserError(f"{location}: final answer {answer[:40]!r} is not a number")
+    if not DECIMAL.fullmatch(answer):
+        raise UserError(
+            f"{location}: final answer {answer[:40]!r} is not a number; valid: ASCII digits with an optional "
+            "sign and decimal point (e.g. 1000, -3, 0.5; commas are dropped)"
+        )
     steps = tuple(line.strip() for line in body.strip().splitlines() if line.strip())
     return Problem(uid=location, prompt=row["question"].strip() + "\n", steps=steps, answer=answer, spec={})
 
 
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
+def _distinct(problems: list[Problem]) -> list[Problem]:
+    """Each question once: a repeated row would land in a training pool and an eval split at once.
+    A repeat with the same gold answer is dropped; one with another answer is refused (which is gold?)."""
+    first: dict[str, Problem] = {}
+    for problem in problems:
+        seen = first.setdefault(problem.prompt, problem)
+        if seen.answer != problem.answer:
+            raise UserError(
+                f"{problem.uid}: the question of {seen.uid} again, with answer {problem.answer!r} instead of "
+                f"{seen.answer!r}; keep one row per question"
+            )
+    return list(first.values())
 
 
 @TASKS.register("gsm8k")
@@ -193,7 +200,7 @@ class GSM8K(Task):
     def __init__(self, cfg: GSM8KConfig):
         self.cfg = cfg
         self.max_completion_chars = cfg.max_completion_chars
-        self.problems = [_problem(location, row) for location, row in _load_rows(cfg)]
+        self.problems = _distinct([_problem(location, row) for location, row in _load_rows(cfg)])
         if not self.problems:
             raise UserError(f"task gsm8k: {cfg.path or cfg.dataset} holds no problems")
 
