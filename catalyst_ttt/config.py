@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from catalyst_ttt.anchors import check_anchor
+from catalyst_ttt.device import check_device_options
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import (
@@ -55,7 +56,7 @@ for _name in TASKS.names():
     )
 
 # Keys that place or report a cell but do not change what it computes.
-NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "lock_timeout")
+NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "device", "lock_timeout")
 SEED_LIMIT = 2**32  # numpy and HF seeding refuse larger seeds
 # A sweep or cell name becomes a directory under runs_dir: one plain path component.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
@@ -152,6 +153,7 @@ def validate(cfg: DictConfig) -> None:
             "from scratch: use model=tiny, or catalyst.from_scratch=false"
         )
     check_anchor(cfg.ttt)
+    check_device_options(cfg)
     if cfg.ttt.anchor != "none" and SIGNALS.get(cfg.signal.name).trainer != "grpo":
         grpo = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
         raise UserError(

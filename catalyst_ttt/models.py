@@ -75,8 +75,8 @@ def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):
         raise UserError(f"model {name_or_path!r}: its tokenizer could not be loaded: {_first_line(err)}") from None
 
 
-def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
-    """A causal LM and its tokenizer from a local directory or a reachable hub id.
+def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None, device: str | torch.device = "cpu"):
+    """A causal LM (fp32, on `device`) and its tokenizer from a local directory or a reachable hub id.
 
     Weights load from safetensors only, unless `model.allow_pickle`; the repository's own code
     runs only with `model.trust_remote_code`."""
@@ -96,7 +96,7 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return model.to(device), tokenizer
 
 
 def _first_line(err: Exception) -> str:

@@ -17,6 +17,7 @@ from transformers import set_seed
 from catalyst_ttt.anchors import kl_beta, replay_weight
 from catalyst_ttt.cache import beside_checkpoint, cached_checkpoint
 from catalyst_ttt.config import build_task, task_key
+from catalyst_ttt.device import device_record, resolve_device
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import information_gain
 from catalyst_ttt.metrics.probes import catalyst_probes
@@ -50,17 +51,21 @@ def run_cell(cfg: DictConfig) -> dict:
     if finished := record.finished():
         return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
+    device = resolve_device(cfg.device)  # so is asking for a GPU that is not there
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     with record.running() as (result, tracker):
+        result["device"] = device_record(device)
         # 1. base: the model before any catalyst (cached, shared by every cell of a base seed)
         with record.phase("base"):
-            base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name)
+            base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name, device)
         splits = with_chat_template(task.splits(), load_tokenizer(base_ref, cfg.model))
         # 2. catalyst: SFT on the regime's rows (cached per base, regime, budget, seed)
         with record.phase("catalyst"):
-            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, splits, base_ref, record.name)
-        model, tokenizer = load_pretrained(start_ref, cfg.model)
+            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(
+                cfg, task, splits, base_ref, record.name, device
+            )
+        model, tokenizer = load_pretrained(start_ref, cfg.model, device)
         with record.phase("pre_ttt"):
             result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
@@ -78,7 +83,7 @@ def run_cell(cfg: DictConfig) -> dict:
         with record.phase("eval"):
             evaluated = evaluate_splits(cfg, task, splits, model, tokenizer)
         with record.phase("ig"):
-            reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"])
+            reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"], device)
             result["ig"] = cell_information_gain(cfg, task, splits["id"], evaluated["id"], reader, tokenizer)
             result["ig_calibration"] = ig_calibration(cfg, task, splits["heldout"], reader, tokenizer)
         record.add_evaluation(evaluated, trajectory)
@@ -107,14 +112,14 @@ def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
     }
 
 
-def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
+def base_checkpoint(cfg: DictConfig, task: Task, owner: str, device: str) -> tuple[str, str]:
     """The tiny model pretrained from scratch on the task's base corpus, or the given HF model."""
     if cfg.model.kind == "hf":
         return str(cfg.model.name_or_path), "pretrained"
 
     def build(directory: Path) -> None:
         tokenizer = char_tokenizer()
-        model = new_tiny_model(cfg.model, tokenizer, cfg.base.seed)
+        model = new_tiny_model(cfg.model, tokenizer, cfg.base.seed).to(device)
         sft(
             model,
             tokenizer,
@@ -147,23 +152,27 @@ def catalyst_key(cfg: DictConfig, base_name: str) -> dict:
     }
 
 
-def catalyst_checkpoint(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str) -> tuple[str, str]:
+def catalyst_checkpoint(
+    cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, device: str
+) -> tuple[str, str]:
     rows = catalyst_rows(cfg.regime.name, splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed)
     if not rows:
         return base_ref, "skipped"
     c = cfg.catalyst
     origin = untrained_checkpoint(cfg, owner) if c.from_scratch else base_ref
     key = catalyst_key(cfg, base_name(cfg, origin))
-    path, built = fine_tuned(cfg, task, origin, rows, (c.steps, c.batch_size, c.lr, cfg.seed), "catalyst", key, owner)
+    schedule = (c.steps, c.batch_size, c.lr, cfg.seed)
+    path, built = fine_tuned(cfg, origin, rows, schedule, "catalyst", key, owner, device)
     return path, "trained" if built else "cached"
 
 
-def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str):
-    """The base SFT'd on prompt/completion `rows` with (steps, batch_size, lr, seed), from the phase cache."""
+def fine_tuned(cfg, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str, device: str):
+    """The base SFT'd on `device` on prompt/completion `rows` with (steps, batch_size, lr, seed), from the
+    phase cache."""
     steps, batch_size, lr, seed = schedule
 
     def build(directory: Path) -> None:
-        model, tokenizer = load_pretrained(base_ref, cfg.model)
+        model, tokenizer = load_pretrained(base_ref, cfg.model, device)
         sft(
             model,
             tokenizer,
@@ -188,13 +197,11 @@ def pre_ttt_accuracy(cfg, task, problems, model, base_ref, tokenizer) -> tuple[d
     """Greedy id accuracy of the TTT start point and of the base (regime `none`), per item: ignition."""
     problems = problems[: cfg.eval.max_per_split]
     start = evaluate_split(task, problems, model, tokenizer, cfg.eval, cfg.seed, sampled=False)
-    base = (
-        start
-        if cfg.regime.name == "none"
-        else evaluate_split(
-            task, problems, load_pretrained(base_ref, cfg.model)[0], tokenizer, cfg.eval, cfg.seed, sampled=False
-        )
-    )
+    if cfg.regime.name == "none":
+        base = start
+    else:
+        base_model = load_pretrained(base_ref, cfg.model, model.device)[0]
+        base = evaluate_split(task, problems, base_model, tokenizer, cfg.eval, cfg.seed, sampled=False)
     metrics = {
         "acc/greedy": start.metrics["acc/greedy"],
         "base_acc/greedy": base.metrics["acc/greedy"],
@@ -241,7 +248,9 @@ class Reader:
     directory: Path | None
 
 
-def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict) -> Reader | None:
+def ig_reader(
+    cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict, device: str
+) -> Reader | None:
     """The fixed scorer of information gain: the base fine-tuned once on correct traces of the
     `reader` pool (disjoint from every catalyst row and evaluated item), or `metrics.ig.scorer`."""
     ig = cfg.metrics.ig
@@ -249,13 +258,13 @@ def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: s
         return None
     if ig.scorer:
         phases["reader"] = "given"
-        return Reader(load_pretrained(ig.scorer, cfg.model)[0], None)
+        return Reader(load_pretrained(ig.scorer, cfg.model, device)[0], None)
     rows = REGIMES.get("correct")(splits["reader"], task, cfg.regime, 0)
     schedule = (ig.reader_steps, ig.reader_batch_size, ig.reader_lr, 0)
     key = {"base": base_name(cfg, base_ref), "task": task_key(cfg), "reader": list(schedule)}
-    path, built = fine_tuned(cfg, task, base_ref, rows, schedule, "reader", key, owner)
+    path, built = fine_tuned(cfg, base_ref, rows, schedule, "reader", key, owner, device)
     phases["reader"] = "trained" if built else "cached"
-    return Reader(load_pretrained(path, cfg.model)[0], Path(path))
+    return Reader(load_pretrained(path, cfg.model, device)[0], Path(path))
 
 
 def cell_information_gain(cfg, task, problems, final: SplitResult, reader: Reader | None, tokenizer) -> dict:

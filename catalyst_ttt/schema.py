@@ -152,6 +152,7 @@ class CellConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
+    device: str = "auto"  # auto | cpu | cuda; auto: CUDA when torch sees it (device.py)
     sweep: str = "single"
     runs_dir: str = "runs"
     cache_dir: str = "cache"

@@ -16,6 +16,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from catalyst_ttt.anchors import kl_beta, replay_weight
+from catalyst_ttt.device import precision_args
 from catalyst_ttt.evaluation import generate
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
@@ -96,7 +97,8 @@ def _callbacks(callbacks, phase: str, steps: int) -> list[TrainerCallback]:
     return [NanGuard(phase), *callbacks, *shown]
 
 
-def _common_args(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+def _common_args(model, output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """Arguments every trainer shares; the trainer runs where `model` is, in its device's precision."""
     return dict(
         output_dir=output_dir,
         max_steps=steps,
@@ -104,8 +106,7 @@ def _common_args(output_dir: str, steps: int, batch_size: int, lr: float, seed: 
         learning_rate=lr,
         seed=seed,
         data_seed=seed,
-        use_cpu=True,
-        bf16=False,
+        **precision_args(next(model.parameters()).device),
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -134,7 +135,7 @@ def sft(
         return
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
-            **_common_args(scratch, steps, batch_size, lr, seed),
+            **_common_args(model, scratch, steps, batch_size, lr, seed),
             lr_scheduler_type=schedule,
             warmup_steps=min(100, steps // 10),
             max_length=max_length,
@@ -261,7 +262,7 @@ def grpo(
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = GRPOConfig(
-            **_common_args(scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed),
+            **_common_args(model, scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed),
             num_generations=t.num_generations,
             max_completion_length=max_completion_length,
             temperature=t.temperature,

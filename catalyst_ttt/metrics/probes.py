@@ -37,7 +37,7 @@ def catalyst_probes(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
     out = {"format/start": format_rate(task, problems, model, tokenizer, batch_size)}
     atomic = task.atomic_probes(cfg.metrics.probes.atomic_items)
     if atomic:
-        base = model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model)[0]
+        base = model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model, model.device)[0]
         out["skill/base"] = skill_accuracy(task, atomic, base, tokenizer, batch_size)
         out["skill/start"] = skill_accuracy(task, atomic, model, tokenizer, batch_size)
     return out | trace_dependence(task, problems, model, tokenizer, batch_size)

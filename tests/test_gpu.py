@@ -1,0 +1,142 @@
+"""Real models on a GPU, as far as a CPU can check them: device resolution, precision, the CPU path's
+numbers, LoRA TTT with its anchors (real TRL runs on tiny models), micro-batches, the vLLM and device
+refusals, the gpu sweep preset, and the prepared device check at a tiny size."""
+
+import re
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+
+from catalyst_ttt.cli import app
+from catalyst_ttt.config import compose_cell
+from catalyst_ttt.device import precision_args, resolve_device, uses_bf16
+from catalyst_ttt.errors import UserError
+from catalyst_ttt.evaluation import generate
+from catalyst_ttt.models import char_tokenizer, new_tiny_model
+from catalyst_ttt.regimes import REGIMES
+from catalyst_ttt.schema import ModelConfig
+from catalyst_ttt.training import sft
+from helpers.cells import SPLITS, TASK
+
+HAS_CUDA = torch.cuda.is_available()
+
+# -- device and precision ----------------------------------------------------------------
+
+
+@pytest.fixture
+def matmul_precision():
+    """Resolving to CUDA turns TF32 on for the process: put it back."""
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_auto_picks_cuda_only_where_torch_sees_it(monkeypatch, matmul_precision):
+    assert resolve_device("auto") == ("cuda" if HAS_CUDA else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+    assert torch.get_float32_matmul_precision() == "high"  # TF32 matmuls on the GPU
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == "cpu"
+    with pytest.raises(UserError, match="device=cuda but torch sees no CUDA device here"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("bf16_supported", [True, False])
+def test_a_gpu_trains_in_bf16_where_it_can_and_the_cpu_as_before(monkeypatch, bf16_supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    assert precision_args("cuda") == {"bf16": bf16_supported}  # use_cpu is left to its default, False
+    assert uses_bf16(torch.device("cuda", 0)) is bf16_supported
+    assert precision_args("cpu") == {"use_cpu": True, "bf16": False}  # the CPU path's arguments, as before
+    assert uses_bf16("cpu") is False
+
+
+class _Losses(TrainerCallback):
+    def __init__(self):
+        self.values = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in (logs or {}):
+            self.values.append(logs["loss"])
+
+
+def test_the_cpu_path_trains_exactly_as_before():
+    """SFT on the CPU, as `device=auto` trains it here: the per-step losses and the weights match what
+    this code gave before devices were configurable (commit eb0c583)."""
+    if HAS_CUDA:
+        pytest.skip("the CPU path: this machine resolves device=auto to CUDA")
+    tokenizer = char_tokenizer()
+    model = new_tiny_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tokenizer, 0)
+    model.to(resolve_device("auto"))
+    rows = REGIMES.get("correct")(SPLITS["train"][:32], TASK, None, 0)
+    losses = _Losses()
+    sft(
+        model,
+        tokenizer,
+        Dataset.from_list(rows),
+        steps=6,
+        batch_size=8,
+        lr=1e-3,
+        seed=0,
+        max_length=96,
+        callbacks=[losses],
+    )
+    before = [
+        4.59589147567749,
+        4.552680015563965,
+        4.4942169189453125,
+        4.476651668548584,
+        4.429574012756348,
+        4.401042938232422,
+    ]
+    assert losses.values == pytest.approx(before, rel=1e-5)
+    weights = [p.detach().double() for p in model.parameters()]
+    assert sum(float(w.sum()) for w in weights) == pytest.approx(154.8507413555335, rel=1e-5)
+    assert sum(float(w.abs().sum()) for w in weights) == pytest.approx(542.4056590956925, rel=1e-5)
+
+
+def test_a_checkpoints_sampling_defaults_do_not_reach_the_evaluation(taught):
+    """Instruct checkpoints ship generation defaults (Qwen2.5: repetition_penalty 1.05, top_k 20, ...):
+    the evaluation decodes the model's own distribution, as TRL's GRPO samples it."""
+    model, tokenizer = taught
+    prompts = [p.prompt for p in SPLITS["id"]]
+    plain = generate(model, tokenizer, prompts, TASK.max_completion_chars)
+    model.generation_config.update(repetition_penalty=3.0, top_k=1, top_p=0.1, temperature=0.01)
+    assert generate(model, tokenizer, prompts, TASK.max_completion_chars) == plain
+    sampled = generate(model, tokenizer, prompts, TASK.max_completion_chars, samples=4, seed=0)
+    model.generation_config = type(model.generation_config)()
+    assert generate(model, tokenizer, prompts, TASK.max_completion_chars, samples=4, seed=0) == sampled
+
+
+# -- refusals: one line, exit 2 ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["device=gpu"], "device='gpu' is not valid; valid: auto, cpu, cuda"),
+    ],
+)
+def test_bad_device_options_are_one_line_user_errors(overrides, says):
+    with pytest.raises(UserError, match=re.escape(says)) as caught:
+        compose_cell(overrides)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["device=cuda"], "error: device=cuda but torch sees no CUDA device here; use device=auto or device=cpu"),
+    ],
+)
+def test_asking_for_a_gpu_without_one_exits_2_with_one_line(tmp_path, monkeypatch, args, says):
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["run", *args, f"runs_dir={tmp_path / 'runs'}"], terminal_width=400)
+    assert done.exit_code == 2, done.output
+    assert done.stderr.strip().startswith(says) and len(done.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("*/*/result.json"))  # refused before a cell is written
