@@ -190,6 +190,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
             "ttt.prompts_per_step",
             "ttt.num_generations",
             "ttt.eval_every",
+            "ttt.micro_batch_size",
             "eval.k",
             "eval.batch_size",
             "eval.max_per_split",

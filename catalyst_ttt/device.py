@@ -20,9 +20,17 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_device_options(cfg: DictConfig) -> None:
-    """Config rules of placement: a known device."""
+    """Config rules of placement: a known device, and micro-batches that divide a TTT step's
+    sequences."""
     if cfg.device not in DEVICES:
         raise UserError(f"device={cfg.device!r} is not valid; valid: {', '.join(DEVICES)}")
+    t = cfg.ttt
+    sequences = t.prompts_per_step * t.num_generations
+    if t.micro_batch_size is not None and sequences % t.micro_batch_size:
+        raise UserError(
+            f"ttt.micro_batch_size={t.micro_batch_size} is not valid; it must divide the {sequences} sequences "
+            "of a TTT step (ttt.prompts_per_step x ttt.num_generations)"
+        )
 
 
 def resolve_device(requested: str) -> str:

@@ -78,6 +78,9 @@ class TTTConfig:
     replay_weight: float | None = None  # weight of the catalyst-replay NLL of anchor replay; unset: the default
     temperature: float = 1.0
     eval_every: int = 3
+    # Sequences per forward/backward pass; a step accumulates its prompts_per_step x num_generations
+    # sequences in passes of this size (one generation, one optimizer step). None: all in one pass.
+    micro_batch_size: int | None = None
 
 
 @dataclass

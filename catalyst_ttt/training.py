@@ -97,12 +97,17 @@ def _callbacks(callbacks, phase: str, steps: int) -> list[TrainerCallback]:
     return [NanGuard(phase), *callbacks, *shown]
 
 
-def _common_args(model, output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
-    """Arguments every trainer shares; the trainer runs where `model` is, in its device's precision."""
+def _common_args(
+    model, output_dir: str, steps: int, batch_size: int, lr: float, seed: int, micro_batch_size: int | None = None
+) -> dict:
+    """Arguments every trainer shares. A step trains on `batch_size` rows, accumulated over passes of
+    `micro_batch_size` (None: one pass); the trainer runs where `model` is, in its device's precision."""
+    micro = micro_batch_size or batch_size
     return dict(
         output_dir=output_dir,
         max_steps=steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch_size // micro,
         learning_rate=lr,
         seed=seed,
         data_seed=seed,
@@ -129,13 +134,14 @@ def sft(
     max_length: int,
     schedule: str = "cosine",
     callbacks: list[TrainerCallback] = (),
+    micro_batch_size: int | None = None,
 ) -> None:
     """SFT in place; prompt/completion rows train on the completion only (TRL's default)."""
     if steps == 0:  # HF reads max_steps=0 as "train for num_train_epochs" instead
         return
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
-            **_common_args(model, scratch, steps, batch_size, lr, seed),
+            **_common_args(model, scratch, steps, batch_size, lr, seed, micro_batch_size),
             lr_scheduler_type=schedule,
             warmup_steps=min(100, steps // 10),
             max_length=max_length,
@@ -262,7 +268,9 @@ def grpo(
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = GRPOConfig(
-            **_common_args(model, scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed),
+            **_common_args(
+                model, scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed, t.micro_batch_size
+            ),
             num_generations=t.num_generations,
             max_completion_length=max_completion_length,
             temperature=t.temperature,
@@ -354,6 +362,7 @@ def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig
                 max_length=sft_max_length(cfg),
                 schedule="constant",
                 callbacks=[hook],
+                micro_batch_size=cfg.ttt.micro_batch_size,
             )
     return per_round * cfg.signal.rounds
 

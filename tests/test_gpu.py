@@ -2,6 +2,7 @@
 numbers, LoRA TTT with its anchors (real TRL runs on tiny models), micro-batches, the vLLM and device
 refusals, the gpu sweep preset, and the prepared device check at a tiny size."""
 
+import copy
 import re
 
 import pytest
@@ -18,8 +19,10 @@ from catalyst_ttt.evaluation import generate
 from catalyst_ttt.models import char_tokenizer, new_tiny_model
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import ModelConfig
-from catalyst_ttt.training import sft
+from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.training import StepHook, grpo, make_reward_function, sft
 from helpers.cells import SPLITS, TASK
+from helpers.ttt import QUICK_TTT
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -119,6 +122,8 @@ def test_a_checkpoints_sampling_defaults_do_not_reach_the_evaluation(taught):
     "overrides, says",
     [
         (["device=gpu"], "device='gpu' is not valid; valid: auto, cpu, cuda"),
+        (["ttt.micro_batch_size=48"], "ttt.micro_batch_size=48 is not valid; it must divide the 128 sequences"),
+        (["ttt.micro_batch_size=0"], "ttt.micro_batch_size=0 is not valid; it must be >= 1"),
     ],
 )
 def test_bad_device_options_are_one_line_user_errors(overrides, says):
@@ -140,3 +145,28 @@ def test_asking_for_a_gpu_without_one_exits_2_with_one_line(tmp_path, monkeypatc
     assert done.exit_code == 2, done.output
     assert done.stderr.strip().startswith(says) and len(done.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "runs").glob("*/*/result.json"))  # refused before a cell is written
+
+
+# -- micro-batches ---------------------------------------------------------------------------
+
+
+def _grpo_weights(taught, overrides: list[str]) -> tuple[dict, list[int]]:
+    model, tokenizer = taught
+    cfg = compose_cell([*QUICK_TTT, "signal=majority", "ttt.steps=2", *overrides])
+    problems = SPLITS["id"]
+    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
+    steps: list[int] = []
+    hook = StepHook(on_log=lambda step, data: steps.append(step), on_eval=lambda step: None, every=100)
+    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook])
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, steps
+
+
+def test_micro_batches_accumulate_to_the_same_optimizer_step(taught_once):
+    """A step's 16 sequences in passes of 4: one generation and one optimizer step, as in one pass."""
+    start = {name: p.detach().clone() for name, p in taught_once[0].named_parameters()}
+    whole, whole_steps = _grpo_weights(copy.deepcopy(taught_once), [])
+    passes, passes_steps = _grpo_weights(copy.deepcopy(taught_once), ["ttt.micro_batch_size=4"])
+    assert sorted(set(whole_steps)) == sorted(set(passes_steps)) == [1, 2]  # logged steps: optimizer steps
+    moved = max((whole[name] - start[name]).abs().max().item() for name in start)
+    apart = max((whole[name] - passes[name]).abs().max().item() for name in start)
+    assert moved > 1e-3 and apart < 0.01 * moved  # float summation order apart, the same update
