@@ -183,7 +183,9 @@ def check_sampled_splits(names, task) -> None:
 RANGES: dict[str, tuple[float, float, bool]] = {
     **{k: (0, math.inf, False) for k in ("base.lr", "catalyst.lr", "ttt.lr", "ttt.temperature", "eval.temperature")},
     **{k: (0, math.inf, True) for k in ("ttt.beta", "ttt.steps", "catalyst.steps", "base.steps", "threads")},
-    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout")},
+    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout", "ttt.lora.r")},
+    "ttt.lora.alpha": (0, math.inf, False),
+    "ttt.lora.dropout": (0, 1, True),
     **{
         k: (1, math.inf, True)
         for k in (

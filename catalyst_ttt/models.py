@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -18,8 +19,9 @@ from transformers import (
 )
 
 from catalyst_ttt.cache import cached_checkpoint
+from catalyst_ttt.device import uses_bf16
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.schema import ModelConfig
+from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARACTERS = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
@@ -97,6 +99,29 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None, device: s
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
+
+
+def with_lora(model, lora: LoraConfigSchema):
+    """`model` under a fresh LoRA adapter that TTT trains while the weights under it stay frozen, or
+    `model` itself when `lora.r` is 0. The adapter is injected into `model`'s own modules.
+
+    Frozen weights need no fp32 master copy, so on a bf16 GPU they are cast to bf16 (7B: 15 GB, not
+    30); peft keeps the adapter itself in fp32."""
+    if not lora.r:
+        return model
+    if uses_bf16(next(model.parameters()).device):
+        model = model.to(torch.bfloat16)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a target module this architecture does not have
+        raise UserError(f"ttt.lora: {_first_line(err)}") from None
 
 
 def _first_line(err: Exception) -> str:

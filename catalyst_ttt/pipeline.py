@@ -29,6 +29,7 @@ from catalyst_ttt.models import (
     save_checkpoint,
     untrained_checkpoint,
     with_chat_template,
+    with_lora,
 )
 from catalyst_ttt.record import CellRecord
 from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, catalyst_rows
@@ -70,7 +71,9 @@ def run_cell(cfg: DictConfig) -> dict:
             result["pre_ttt"], result["items"] = pre_ttt_accuracy(cfg, task, splits["id"], model, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
-        # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
+        # 3. ttt: the signal on the unlabeled id prompts (training a LoRA adapter with ttt.lora), with the
+        # trajectory recorded
+        model = with_lora(model, cfg.ttt.lora)
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
         result["anchor"], replay = anchor_of(cfg, task, splits)
         with record.phase("ttt"):

@@ -66,6 +66,19 @@ ANCHORS = ("none", "kl", "replay", "kl+replay")  # `ttt.anchor`: what ties TTT t
 
 
 @dataclass
+class LoraConfigSchema:
+    """`ttt.lora`: TTT trains a LoRA adapter (peft) on the frozen start point instead of every weight."""
+
+    r: int = 0  # adapter rank; 0: no adapter, TTT trains every weight
+    alpha: int = 32  # the adapter's update is scaled by alpha / r
+    dropout: float = 0.0
+    # The attention and MLP projections of Llama-, Qwen- and Mistral-class models.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class TTTConfig:
     # 3 epochs over 128 id prompts. 32 prompts x 4 generations per step: `make bench` measured
     # 7.9 s per epoch over id against 11.3 s at 4 prompts (64 prompts: 9.0 s).
@@ -81,6 +94,7 @@ class TTTConfig:
     # Sequences per forward/backward pass; a step accumulates its prompts_per_step x num_generations
     # sequences in passes of this size (one generation, one optimizer step). None: all in one pass.
     micro_batch_size: int | None = None
+    lora: LoraConfigSchema = field(default_factory=LoraConfigSchema)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, TrainerCallback
@@ -255,7 +256,10 @@ def grpo(
     replay_rows: list[dict] = (),
 ) -> None:
     """GRPO on unlabeled prompts, training `model` in place (rewards may score with it), with the
-    anchor of `ttt.anchor`: a KL to the start checkpoint, and replay of `replay_rows` (anchors.py)."""
+    anchor of `ttt.anchor`: a KL to the start checkpoint, and replay of `replay_rows` (anchors.py).
+
+    Under a LoRA adapter (`model` a PeftModel) TRL takes the KL reference from a frozen copy of the
+    fresh adapter, whose update is zero: the adapter-free start point, with no second model loaded."""
     t = cfg.ttt
     weight = replay_weight(t)
     replay = (
@@ -295,9 +299,10 @@ def grpo(
 
 
 def _drop_patched_forward(model) -> None:
-    """TRL's trainers set `model.forward` to a closure over this object's original bound forward;
-    a deep copy of the model would keep running the original's weights, so restore the class's."""
-    vars(model).pop("forward", None)
+    """TRL's trainers set `forward` on the model (under a LoRA adapter, on its base model) to a closure
+    over that object's original bound forward; a deep copy of the model would keep running the
+    original's weights, so restore the class's."""
+    vars(model.get_base_model() if isinstance(model, PeftModel) else model).pop("forward", None)
 
 
 class StepHook(TrainerCallback):

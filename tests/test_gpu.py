@@ -3,6 +3,7 @@ numbers, LoRA TTT with its anchors (real TRL runs on tiny models), micro-batches
 refusals, the gpu sweep preset, and the prepared device check at a tiny size."""
 
 import copy
+import math
 import re
 
 import pytest
@@ -16,12 +17,12 @@ from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import precision_args, resolve_device, uses_bf16
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.evaluation import generate
-from catalyst_ttt.models import char_tokenizer, new_tiny_model
+from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model, save_checkpoint, with_lora
 from catalyst_ttt.regimes import REGIMES
-from catalyst_ttt.schema import ModelConfig
+from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.training import StepHook, grpo, make_reward_function, sft
-from helpers.cells import SPLITS, TASK
+from helpers.cells import SPLITS, TASK, run
 from helpers.ttt import QUICK_TTT
 
 HAS_CUDA = torch.cuda.is_available()
@@ -124,6 +125,9 @@ def test_a_checkpoints_sampling_defaults_do_not_reach_the_evaluation(taught):
         (["device=gpu"], "device='gpu' is not valid; valid: auto, cpu, cuda"),
         (["ttt.micro_batch_size=48"], "ttt.micro_batch_size=48 is not valid; it must divide the 128 sequences"),
         (["ttt.micro_batch_size=0"], "ttt.micro_batch_size=0 is not valid; it must be >= 1"),
+        (["ttt.lora.r=-1"], "ttt.lora.r=-1 is not valid; it must be >= 0"),
+        (["ttt.lora.dropout=1.5"], "ttt.lora.dropout=1.5 is not valid; it must be finite and >= 0 and <= 1"),
+        (["ttt.lora.rank=8"], "unknown key 'ttt.lora.rank'; valid keys of ttt.lora: r, alpha, dropout"),
     ],
 )
 def test_bad_device_options_are_one_line_user_errors(overrides, says):
@@ -145,6 +149,73 @@ def test_asking_for_a_gpu_without_one_exits_2_with_one_line(tmp_path, monkeypatc
     assert done.exit_code == 2, done.output
     assert done.stderr.strip().startswith(says) and len(done.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "runs").glob("*/*/result.json"))  # refused before a cell is written
+
+
+# -- LoRA ----------------------------------------------------------------------------------
+
+
+def test_lora_grpo_trains_the_adapter_only_against_the_adapter_free_start(taught, tmp_path):
+    """kl and replay anchors on an adapter: the frozen weights stay the start point's, the KL starts at 0
+    and grows, and the reference TRL keeps (a frozen copy of the fresh adapter) adds nothing to it."""
+    start_model, tokenizer = taught
+    save_checkpoint(start_model, tokenizer, tmp_path / "start")
+    start, _ = load_pretrained(str(tmp_path / "start"))
+    model = with_lora(load_pretrained(str(tmp_path / "start"))[0], LoraConfigSchema(r=4))
+    cfg = compose_cell([*QUICK_TTT, "signal=majority", "ttt.anchor=kl+replay", "ttt.beta=0.5", "ttt.lora.r=4"])
+    problems = SPLITS["id"]
+    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
+    logs: list[dict] = []
+    hook = StepHook(on_log=lambda step, data: logs.append(data), on_eval=lambda step: None, every=100)
+    rows = REGIMES.get("correct")(SPLITS["train"][:32], TASK, None, 0)
+    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook], rows)
+
+    kl = [row["ttt/kl"] for row in logs if "ttt/kl" in row]
+    assert len(kl) == 4 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-4
+    assert all(math.isfinite(row["ttt/replay_nll"]) for row in logs if "ttt/replay_nll" in row)
+    _assert_adapter_moved_over_the_untouched_start(model, start, tokenizer)
+    reference = [p for name, p in model.named_parameters() if "lora_B.ref" in name]
+    assert reference and not any(p.any() for p in reference)  # the reference adapter's update stays zero
+
+
+@pytest.mark.slow  # 40-70 s on the shared 2-core machine
+def test_a_whole_hf_cell_trains_a_lora_adapter_with_both_anchors(tiny, local_hf_model):
+    overrides = ["model=hf", f"model.name_or_path={local_hf_model}", "ttt.lora.r=4", "ttt.anchor=kl+replay"]
+    result = run(tiny(*overrides, "signal=majority", "metrics.ig.enabled=false"))
+    assert result["status"] == "done", result.get("error")
+    assert result["device"]["device"] == ("cuda" if HAS_CUDA else "cpu")
+    assert result["config"]["ttt"]["lora"]["r"] == 4 and result["anchor"]["replay_rows"] > 0
+    assert result["ttt"]["ttt/kl"] >= 0 and result["ttt"]["ttt/replay_nll"] > 0 and result["ttt"]["ttt/grad_norm"] > 0
+
+
+def test_self_sft_on_an_adapter_trains_the_adapter_only(taught):
+    model, tokenizer = taught
+    start = copy.deepcopy(model)
+    adapted = with_lora(model, LoraConfigSchema(r=4))
+    rows = REGIMES.get("correct")(SPLITS["train"][:16], TASK, None, 0)
+    sft(adapted, tokenizer, Dataset.from_list(rows), steps=3, batch_size=8, lr=1e-2, seed=0, max_length=96)
+    _assert_adapter_moved_over_the_untouched_start(adapted, start, tokenizer)
+
+
+def _assert_adapter_moved_over_the_untouched_start(adapted, start, tokenizer) -> None:
+    weights = dict(adapted.named_parameters())
+    trained = [name for name, p in weights.items() if p.requires_grad]
+    assert trained and all(".lora_" in name and ".default." in name for name in trained)
+    assert any(weights[name].abs().sum() > 0 for name in trained if "lora_B" in name)  # the adapter moved
+    ids = tokenizer([p.prompt for p in SPLITS["id"]], return_tensors="pt", padding=True)
+    with torch.no_grad(), adapted.disable_adapter():
+        assert torch.equal(adapted(**ids).logits, start(**ids).logits)  # the start point, untouched under it
+
+
+def test_lora_on_modules_the_model_does_not_have_is_a_user_error(taught):
+    model, _ = taught
+    with pytest.raises(UserError, match="ttt.lora: Target modules .*c_attn.* not found") as caught:
+        with_lora(model, LoraConfigSchema(r=4, target_modules=["c_attn"]))
+    assert "\n" not in str(caught.value)
+
+
+def test_no_lora_rank_leaves_the_model_as_it_is(taught):
+    model, _ = taught
+    assert with_lora(model, LoraConfigSchema()) is model
 
 
 # -- micro-batches ---------------------------------------------------------------------------
