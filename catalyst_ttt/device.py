@@ -12,19 +12,35 @@ Torch is imported where it is used: composing and checking a config needs no tor
 
 from __future__ import annotations
 
+import importlib.util
+
 from omegaconf import DictConfig
 
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.signals import SIGNALS
 
 DEVICES = ("auto", "cpu", "cuda")
+# No vLLM release fits the pinned stack yet (docs/gpu.md): say so where a user asks for it.
+VLLM_MISSING = (
+    "ttt.use_vllm=true needs vLLM, which is not installed; no vLLM release supports torch 2.13.0 with "
+    "transformers 5.24.0 yet (docs/gpu.md): use ttt.use_vllm=false"
+)
 
 
 def check_device_options(cfg: DictConfig) -> None:
-    """Config rules of placement: a known device, and micro-batches that divide a TTT step's
-    sequences."""
+    """Config rules of placement and generation: a known device, vLLM only for GRPO and off the CPU,
+    and micro-batches that divide a TTT step's sequences."""
     if cfg.device not in DEVICES:
         raise UserError(f"device={cfg.device!r} is not valid; valid: {', '.join(DEVICES)}")
     t = cfg.ttt
+    if t.use_vllm and cfg.device == "cpu":
+        raise UserError("ttt.use_vllm=true needs a GPU; vLLM never runs on the CPU: use ttt.use_vllm=false")
+    if t.use_vllm and SIGNALS.get(cfg.signal.name).trainer != "grpo":
+        grpo = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
+        raise UserError(
+            f"ttt.use_vllm=true generates for GRPO, which signal {cfg.signal.name} does not train with; "
+            f"use ttt.use_vllm=false or a GRPO signal: {', '.join(grpo)}"
+        )
     sequences = t.prompts_per_step * t.num_generations
     if t.micro_batch_size is not None and sequences % t.micro_batch_size:
         raise UserError(
@@ -33,15 +49,20 @@ def check_device_options(cfg: DictConfig) -> None:
         )
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: str, use_vllm: bool = False) -> str:
     """`device=requested` on this machine: "cuda" or "cpu" (auto: CUDA when torch sees it). Asking for
-    CUDA where there is none is the user's error. On a GPU, fp32 matmuls use TF32 from here on."""
+    CUDA where there is none, or for vLLM where the cell lands on the CPU, is the user's error. On a
+    GPU, fp32 matmuls use TF32 from here on."""
     import torch
 
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
         raise UserError("device=cuda but torch sees no CUDA device here; use device=auto or device=cpu")
     device = "cuda" if has_cuda and requested != "cpu" else "cpu"
+    if use_vllm and device == "cpu":
+        raise UserError("ttt.use_vllm=true needs a GPU and this cell runs on the CPU: use ttt.use_vllm=false")
+    if use_vllm and importlib.util.find_spec("vllm") is None:
+        raise UserError(VLLM_MISSING)
     if device == "cuda":
         torch.set_float32_matmul_precision("high")
     return device

@@ -52,7 +52,7 @@ def run_cell(cfg: DictConfig) -> dict:
     if finished := record.finished():
         return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
-    device = resolve_device(cfg.device)  # so is asking for a GPU that is not there
+    device = resolve_device(cfg.device, cfg.ttt.use_vllm)  # so is asking for a GPU that is not there
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     with record.running() as (result, tracker):

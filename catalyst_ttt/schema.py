@@ -95,6 +95,7 @@ class TTTConfig:
     # sequences in passes of this size (one generation, one optimizer step). None: all in one pass.
     micro_batch_size: int | None = None
     lora: LoraConfigSchema = field(default_factory=LoraConfigSchema)
+    use_vllm: bool = False  # GRPO generates with vLLM colocated on the GPU (TRL's use_vllm); never on the CPU
 
 
 @dataclass

@@ -283,6 +283,7 @@ def grpo(
             beta=kl_beta(t),
             trust_remote_code=cfg.model.trust_remote_code,  # the KL reference loads like the policy
             lr_scheduler_type="constant",
+            use_vllm=t.use_vllm,  # in TRL's colocate mode: vLLM shares the training GPU
         )
         trainer = (ReplayGRPOTrainer if replay else GRPOTrainer)(
             model=model,

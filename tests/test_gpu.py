@@ -3,6 +3,7 @@ numbers, LoRA TTT with its anchors (real TRL runs on tiny models), micro-batches
 refusals, the gpu sweep preset, and the prepared device check at a tiny size."""
 
 import copy
+import importlib.util
 import math
 import re
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
 from catalyst_ttt.config import compose_cell
-from catalyst_ttt.device import precision_args, resolve_device, uses_bf16
+from catalyst_ttt.device import VLLM_MISSING, precision_args, resolve_device, uses_bf16
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.evaluation import generate
 from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model, save_checkpoint, with_lora
@@ -48,6 +49,15 @@ def test_auto_picks_cuda_only_where_torch_sees_it(monkeypatch, matmul_precision)
     assert resolve_device("auto") == resolve_device("cpu") == "cpu"
     with pytest.raises(UserError, match="device=cuda but torch sees no CUDA device here"):
         resolve_device("cuda")
+
+
+def test_vllm_is_refused_with_one_line_where_it_cannot_run(monkeypatch):
+    with pytest.raises(UserError, match="ttt.use_vllm=true needs a GPU and this cell runs on the CPU"):
+        resolve_device("cpu", use_vllm=True)
+    if importlib.util.find_spec("vllm") is None:  # on a GPU machine without vLLM, as every machine for now
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        with pytest.raises(UserError, match=re.escape(VLLM_MISSING)):
+            resolve_device("auto", use_vllm=True)
 
 
 @pytest.mark.parametrize("bf16_supported", [True, False])
@@ -123,6 +133,8 @@ def test_a_checkpoints_sampling_defaults_do_not_reach_the_evaluation(taught):
     "overrides, says",
     [
         (["device=gpu"], "device='gpu' is not valid; valid: auto, cpu, cuda"),
+        (["device=cpu", "ttt.use_vllm=true"], "ttt.use_vllm=true needs a GPU; vLLM never runs on the CPU"),
+        (["signal=self_sft", "ttt.use_vllm=true"], "ttt.use_vllm=true generates for GRPO, which signal self_sft"),
         (["ttt.micro_batch_size=48"], "ttt.micro_batch_size=48 is not valid; it must divide the 128 sequences"),
         (["ttt.micro_batch_size=0"], "ttt.micro_batch_size=0 is not valid; it must be >= 1"),
         (["ttt.lora.r=-1"], "ttt.lora.r=-1 is not valid; it must be >= 0"),
@@ -141,6 +153,7 @@ def test_bad_device_options_are_one_line_user_errors(overrides, says):
     "args, says",
     [
         (["device=cuda"], "error: device=cuda but torch sees no CUDA device here; use device=auto or device=cpu"),
+        (["ttt.use_vllm=true"], "error: ttt.use_vllm=true needs a GPU and this cell runs on the CPU"),
     ],
 )
 def test_asking_for_a_gpu_without_one_exits_2_with_one_line(tmp_path, monkeypatch, args, says):
