@@ -317,7 +317,7 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # mtime and size 
 
 
 # Modules that only present results: editing them does not change what a cell computes.
-PRESENTATION = {"cli.py", "report.py", "bench.py", "sweep.py", "__main__.py"}
+PRESENTATION = {"cli.py", "report.py", "bench.py", "gpu_check.py", "sweep.py", "__main__.py"}
 
 
 @functools.cache

@@ -4,6 +4,7 @@ refusals, the gpu sweep preset, and the prepared device check at a tiny size."""
 
 import copy
 import importlib.util
+import json
 import math
 import re
 
@@ -18,12 +19,15 @@ from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import VLLM_MISSING, precision_args, resolve_device, uses_bf16
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.evaluation import generate
+from catalyst_ttt.gpu_check import run_check
 from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model, save_checkpoint, with_lora
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
 from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.sweep import load_sweep
 from catalyst_ttt.training import StepHook, grpo, make_reward_function, sft
 from helpers.cells import SPLITS, TASK, run
+from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 from helpers.ttt import QUICK_TTT
 
 HAS_CUDA = torch.cuda.is_available()
@@ -254,3 +258,32 @@ def test_micro_batches_accumulate_to_the_same_optimizer_step(taught_once):
     moved = max((whole[name] - start[name]).abs().max().item() for name in start)
     apart = max((whole[name] - passes[name]).abs().max().item() for name in start)
     assert moved > 1e-3 and apart < 0.01 * moved  # float summation order apart, the same update
+
+
+# -- the gpu preset and the device check --------------------------------------------------
+
+
+def test_the_gpu_sweep_composes_for_a_hub_model_and_a_local_gsm8k_file(tmp_path):
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", gsm8k_rows(3000))  # 2000 short problems, as GSM8K's train has
+    cells = load_sweep("gpu", [f"task.path={data}"]).cells()
+    cfg = cells[0].config
+    assert cfg.model.kind == "hf" and cfg.model.name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert cfg.device == "cuda" and cfg.task.name == "gsm8k"
+    assert cfg.ttt.prompts_per_step * cfg.ttt.num_generations % cfg.ttt.micro_batch_size == 0
+    assert len(cells) == len({c.id for c in cells}) > 1
+
+
+@pytest.mark.slow
+def test_the_device_check_runs_both_cells_on_the_cpu_at_a_tiny_size(tmp_path):
+    """`scripts/gpu_check.sh` on the CPU: a random Qwen2 with a BPE tokenizer and a chat template,
+    gsm8k from a JSONL file it writes, full and LoRA TTT, throughput and gpu_check.json."""
+    quick = ["threads=1", "catalyst.steps=4", "ttt.steps=2", "ttt.eval_every=2", "metrics.ig.reader_steps=2"]
+    report = run_check(tmp_path, "tiny", "cpu", quick)
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == report
+    assert [cell["status"] for cell in report["cells"].values()] == ["done", "done"]
+    assert report["generate_tokens_per_s"] > 0 and all(c["ttt_tokens_per_s"] > 0 for c in report["cells"].values())
+    assert all(c["peak_gpu_memory_gib"] is None for c in report["cells"].values()) and report["device"]["gpu"] is None
+    lora = json.loads(open(report["cells"]["lora"]["result"]).read())
+    assert lora["config"]["ttt"]["lora"]["r"] == 16 and lora["config"]["task"]["name"] == "gsm8k"
+    samples = json.loads(open(report["cells"]["lora"]["result"].replace("result.json", "samples.json")).read())
+    assert samples["id"][0]["prompt"].startswith("<|im_start|>user\n")  # the chat template wraps every prompt
