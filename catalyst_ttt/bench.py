@@ -257,6 +257,7 @@ def bare_trl_seconds() -> dict[str, float]:
 
     from catalyst_ttt.anchors import kl_beta
     from catalyst_ttt.config import build_task, compose_cell
+    from catalyst_ttt.device import precision_args
     from catalyst_ttt.models import char_tokenizer, new_tiny_model, with_chat_template
 
     torch.set_num_threads(1)
@@ -267,8 +268,7 @@ def bare_trl_seconds() -> dict[str, float]:
     seconds = {}
     model = new_tiny_model(cfg.model, tokenizer, cfg.base.seed)
     common = dict(
-        use_cpu=True,
-        bf16=False,
+        **precision_args("cpu"),
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,

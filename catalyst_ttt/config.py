@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from catalyst_ttt.anchors import anchor_parts, check_anchor
+from catalyst_ttt.device import check_device_options
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.regimes import REGIMES
@@ -60,7 +61,7 @@ for _name in TASKS.names():
     )
 
 # Keys that place or report a cell but do not change what it computes.
-NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "lock_timeout")
+NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "device", "lock_timeout")
 SEED_LIMIT = 2**32  # numpy and HF seeding refuse larger seeds
 # A sweep or cell name becomes a directory under runs_dir: one plain path component, short enough
 # for every file system (255 bytes) with the cell ids and lock files placed below it.
@@ -250,6 +251,7 @@ def validate(cfg: DictConfig) -> None:
             "from scratch: use model=tiny, or catalyst.from_scratch=false"
         )
     check_anchor(cfg.ttt)
+    check_device_options(cfg)
     if cfg.ttt.anchor != "none" and SIGNALS.get(cfg.signal.name).trainer != "grpo":
         grpo = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
         raise UserError(
@@ -299,7 +301,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
         for k in ("base.lr", "catalyst.lr", "ttt.lr", "ttt.temperature", "eval.temperature", "metrics.ig.reader_lr")
     },
     **{k: (0, math.inf, True) for k in ("ttt.beta", "ttt.steps", "catalyst.steps", "base.steps")},
-    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout", "metrics.ig.reader_steps")},
+    **{k: (0, math.inf, True) for k in ("ttt.replay_weight", "lock_timeout", "metrics.ig.reader_steps", "ttt.lora.r")},
+    "ttt.lora.alpha": (0, math.inf, False),
+    "ttt.lora.dropout": (0, 1, True),
     "threads": (0, MAX_THREADS, True),
     **{f"model.{k}": (1, math.inf, True) for k in TINY_SHAPE},
     **{
@@ -308,6 +312,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
             "ttt.prompts_per_step",
             "ttt.num_generations",
             "ttt.eval_every",
+            "ttt.micro_batch_size",
             "eval.k",
             "eval.samples",
             "eval.batch_size",
@@ -451,6 +456,7 @@ NOT_COMPUTING = (
     "cli.py",
     "config.py",
     "errors.py",
+    "gpu_check.py",
     "hypotheses.py",
     "metrics/aggregate.py",
     "metrics/statistics.py",

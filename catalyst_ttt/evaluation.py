@@ -28,10 +28,12 @@ def generate(
 ) -> list[list[str]]:
     """Greedy completion (samples=0) or `samples` sampled completions per prompt.
 
-    Sampling draws from a forked RNG seeded with `seed`: evaluating never moves the training
-    stream, so turning the trajectory on or changing `eval_every` cannot change what TTT trains.
+    Sampling draws from a forked RNG seeded with `seed` (the model's GPU's too, where it samples):
+    evaluating never moves the training stream, so turning the trajectory on or changing
+    `eval_every` cannot change what TTT trains.
     """
-    with torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size)
 
@@ -55,6 +57,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, b
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            repetition_penalty=1.0,  # not a checkpoint's own default (Qwen's instruct models ship 1.05)
             **kwargs,
         )
         texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)

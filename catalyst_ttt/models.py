@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -18,8 +19,9 @@ from transformers import (
 )
 
 from catalyst_ttt.cache import cached_checkpoint
+from catalyst_ttt.device import uses_bf16
 from catalyst_ttt.errors import UserError, first_line
-from catalyst_ttt.schema import ModelConfig
+from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARACTERS = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
@@ -74,8 +76,8 @@ def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):
         raise UserError(f"model {name_or_path!r}: its tokenizer could not be loaded: {first_line(err)}") from None
 
 
-def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
-    """A causal LM and its tokenizer from a local directory or a reachable hub id.
+def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None, device: str | torch.device = "cpu"):
+    """A causal LM (fp32, on `device`) and its tokenizer from a local directory or a reachable hub id.
 
     Weights load from safetensors only, unless `model.allow_pickle`; the repository's own code
     runs only with `model.trust_remote_code`."""
@@ -95,7 +97,30 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return model.to(device), tokenizer
+
+
+def with_lora(model, lora: LoraConfigSchema):
+    """`model` under a fresh LoRA adapter that TTT trains while the weights under it stay frozen, or
+    `model` itself when `lora.r` is 0. The adapter is injected into `model`'s own modules.
+
+    Frozen weights need no fp32 master copy, so on a bf16 GPU they are cast to bf16 (7B: 15 GB, not
+    30); peft keeps the adapter itself in fp32."""
+    if not lora.r:
+        return model
+    if uses_bf16(next(model.parameters()).device):
+        model = model.to(torch.bfloat16)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a target module this architecture does not have
+        raise UserError(f"ttt.lora: {first_line(err)}") from None
 
 
 def with_chat_template(splits: dict, tokenizer) -> dict:

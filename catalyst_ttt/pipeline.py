@@ -31,6 +31,7 @@ from catalyst_ttt.checkpoints import (
     trains_at_test_time,
 )
 from catalyst_ttt.config import build_task
+from catalyst_ttt.device import device_record, resolve_device
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import calibration, information_gain, reader_rows, unfaithful_steps
 from catalyst_ttt.metrics.probes import catalyst_probes
@@ -43,6 +44,7 @@ from catalyst_ttt.models import (
     save_checkpoint,
     untrained_checkpoint,
     with_chat_template,
+    with_lora,
 )
 from catalyst_ttt.record import CellRecord
 from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, answer_leak, catalyst_sample
@@ -65,22 +67,26 @@ def run_cell(cfg: DictConfig) -> dict:
     if finished := record.finished():
         return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
+    device = resolve_device(cfg.device, cfg.ttt.use_vllm)  # so is asking for a GPU that is not there
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     with record.running() as (result, tracker):
+        result["device"] = device_record(device)
         # 1. base: the model before any catalyst (cached, shared by every cell of a base seed)
         with record.phase("base"):
-            base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name)
+            base_ref, result["phases"]["base"] = base_checkpoint(cfg, task, record.name, device)
         splits = with_chat_template(task.splits(), load_tokenizer(base_ref, cfg.model))
         # 2. catalyst: SFT on the regime's rows (cached per base, regime, budget, seed)
         rows, result["catalyst_data"] = catalyst_data(cfg, task, splits["train"])
         with record.phase("catalyst"):
-            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, task, rows, base_ref, record.name)
-        model, tokenizer = load_pretrained(start_ref, cfg.model)
+            start_ref, result["phases"]["catalyst"] = catalyst_checkpoint(cfg, rows, base_ref, record.name, device)
+        model, tokenizer = load_pretrained(start_ref, cfg.model, device)
         with record.phase("pre_ttt"):
             start = start_evaluation(cfg, task, splits, model, start_ref, tokenizer)
             base = (
-                base_evaluation(cfg, task, splits["id"], base_ref, tokenizer) if start_ref != base_ref else start["id"]
+                base_evaluation(cfg, task, splits["id"], base_ref, tokenizer, device)
+                if start_ref != base_ref
+                else start["id"]
             )
             result["pre_ttt"], result["items"] = pre_ttt_accuracy(start["id"], base)
             result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
@@ -89,7 +95,9 @@ def run_cell(cfg: DictConfig) -> dict:
         if gate := floor_gate(cfg, result["items"]["id"]):
             record.gate(gate)
             return record.result
-        # 3. ttt: the signal on the unlabeled id prompts, with the trajectory recorded
+        # 3. ttt: the signal on the unlabeled id prompts (training a LoRA adapter with ttt.lora), with the
+        # trajectory recorded
+        model = with_lora(model, cfg.ttt.lora)
         trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
         result["anchor"], replay = anchor_of(cfg, rows)
         with record.phase("ttt"):
@@ -102,7 +110,7 @@ def run_cell(cfg: DictConfig) -> dict:
         with record.phase("eval"):
             evaluated = evaluate_splits(cfg, task, splits, model, tokenizer) if last_step else start
         with record.phase("ig"):
-            reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"])
+            reader = ig_reader(cfg, task, splits, base_ref, record.name, result["phases"], device)
             result["ig"] = cell_information_gain(cfg, task, splits["id"], evaluated["id"], reader, tokenizer)
             result["ig_calibration"] = ig_calibration(cfg, task, splits["heldout"], reader, tokenizer)
         record.add_evaluation(evaluated, trajectory)
@@ -129,12 +137,12 @@ def start_evaluation(cfg, task, splits, model, start_ref: str, tokenizer) -> dic
     return {name: SplitResult(**split) for name, split in saved.items()}
 
 
-def base_evaluation(cfg, task, problems: list[Problem], base_ref: str, tokenizer) -> SplitResult:
+def base_evaluation(cfg, task, problems: list[Problem], base_ref: str, tokenizer, device) -> SplitResult:
     """Greedy id accuracy of the base, per item (the `none` arm of ignition), once per base checkpoint."""
     problems = problems[: cfg.eval.max_per_split]
 
     def compute() -> dict:
-        base = load_pretrained(base_ref, cfg.model)[0]
+        base = load_pretrained(base_ref, cfg.model, device)[0]
         return asdict(evaluate_split(task, problems, base, tokenizer, cfg.eval, cfg.seed, sampled=False))
 
     return SplitResult(**cached_beside(cfg, base_ref, BASE_EVAL, base_eval_key(cfg), compute))
@@ -186,14 +194,14 @@ def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
     }
 
 
-def base_checkpoint(cfg: DictConfig, task: Task, owner: str) -> tuple[str, str]:
+def base_checkpoint(cfg: DictConfig, task: Task, owner: str, device: str) -> tuple[str, str]:
     """The tiny model pretrained from scratch on the task's base corpus, or the given HF model."""
     if cfg.model.kind == "hf":
         return str(cfg.model.name_or_path), "pretrained"
 
     def build(directory: Path) -> None:
         tokenizer = char_tokenizer()
-        model = new_tiny_model(cfg.model, tokenizer, cfg.base.seed)
+        model = new_tiny_model(cfg.model, tokenizer, cfg.base.seed).to(device)
         sft(
             model,
             tokenizer,
@@ -219,22 +227,24 @@ def catalyst_data(cfg: DictConfig, task: Task, pool: list[Problem]) -> tuple[lis
     return rows, {"rows": len(rows)} | (answer_leak(task, sample, rows) if rows else {})
 
 
-def catalyst_checkpoint(cfg: DictConfig, task: Task, rows: list[dict], base_ref: str, owner: str) -> tuple[str, str]:
+def catalyst_checkpoint(cfg: DictConfig, rows: list[dict], base_ref: str, owner: str, device: str) -> tuple[str, str]:
     if not rows:
         return base_ref, "skipped"
     c = cfg.catalyst
     origin = untrained_checkpoint(cfg, scratch_key(cfg), owner) if c.from_scratch else base_ref
     key = catalyst_key(cfg, checkpoint_name(cfg, origin))
-    path, built = fine_tuned(cfg, task, origin, rows, (c.steps, c.batch_size, c.lr, cfg.seed), "catalyst", key, owner)
+    schedule = (c.steps, c.batch_size, c.lr, cfg.seed)
+    path, built = fine_tuned(cfg, origin, rows, schedule, "catalyst", key, owner, device)
     return path, "trained" if built else "cached"
 
 
-def fine_tuned(cfg, task, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str):
-    """The base SFT'd on prompt/completion `rows` with (steps, batch_size, lr, seed), from the phase cache."""
+def fine_tuned(cfg, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str, device: str):
+    """The base SFT'd on `device` on prompt/completion `rows` with (steps, batch_size, lr, seed), from the
+    phase cache."""
     steps, batch_size, lr, seed = schedule
 
     def build(directory: Path) -> None:
-        model, tokenizer = load_pretrained(base_ref, cfg.model)
+        model, tokenizer = load_pretrained(base_ref, cfg.model, device)
         sft(
             model,
             tokenizer,
@@ -289,7 +299,9 @@ class Reader:
     directory: Path | None
 
 
-def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict) -> Reader | None:
+def ig_reader(
+    cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: str, phases: dict, device: str
+) -> Reader | None:
     """The fixed scorer of information gain: the base fine-tuned once on correct traces of the
     `reader` pool (disjoint from every catalyst row and evaluated item), or `metrics.ig.scorer`."""
     ig = cfg.metrics.ig
@@ -297,12 +309,12 @@ def ig_reader(cfg: DictConfig, task: Task, splits: dict, base_ref: str, owner: s
         return None
     if ig.scorer:
         phases["reader"] = "given"
-        return Reader(load_pretrained(ig.scorer, cfg.model)[0], None)
+        return Reader(load_pretrained(ig.scorer, cfg.model, device)[0], None)
     rows = reader_rows(task, splits["reader"])
     key = reader_key(cfg, checkpoint_name(cfg, base_ref))
-    path, built = fine_tuned(cfg, task, base_ref, rows, tuple(key["reader"]), "reader", key, owner)
+    path, built = fine_tuned(cfg, base_ref, rows, tuple(key["reader"]), "reader", key, owner, device)
     phases["reader"] = "trained" if built else "cached"
-    return Reader(load_pretrained(path, cfg.model)[0], Path(path))
+    return Reader(load_pretrained(path, cfg.model, device)[0], Path(path))
 
 
 def cell_information_gain(cfg, task, problems, final: SplitResult, reader: Reader | None, tokenizer) -> dict:

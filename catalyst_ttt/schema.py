@@ -69,6 +69,19 @@ ANCHORS = ("none", "kl", "replay", "kl+replay")  # `ttt.anchor`: what ties TTT t
 
 
 @dataclass
+class LoraConfigSchema:
+    """`ttt.lora`: TTT trains a LoRA adapter (peft) on the frozen start point instead of every weight."""
+
+    r: int = 0  # adapter rank; 0: no adapter, TTT trains every weight
+    alpha: int = 32  # the adapter's update is scaled by alpha / r
+    dropout: float = 0.0
+    # The attention and MLP projections of Llama-, Qwen- and Mistral-class models.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class TTTConfig:
     # 3 epochs over 128 id prompts. 32 prompts x 4 generations per step: `make bench` measured
     # 7.9 s per epoch over id against 11.3 s at 4 prompts (64 prompts: 9.0 s).
@@ -84,6 +97,11 @@ class TTTConfig:
     # Skip TTT when the start does not beat its base (recorded as `gated`): such a replicate is never judged
     # (metrics/aggregate.above_floor), so gating changes no verdict; false trains every cell.
     gate: bool = True
+    # Sequences per forward/backward pass; a step accumulates its prompts_per_step x num_generations
+    # sequences in passes of this size (one generation, one optimizer step). None: all in one pass.
+    micro_batch_size: int | None = None
+    lora: LoraConfigSchema = field(default_factory=LoraConfigSchema)
+    use_vllm: bool = False  # GRPO generates with vLLM colocated on the GPU (TRL's use_vllm); never on the CPU
 
 
 @dataclass
@@ -160,6 +178,7 @@ class CellConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
+    device: str = "auto"  # auto | cpu | cuda; auto: CUDA when torch sees it (device.py)
     sweep: str = "single"
     runs_dir: str = "runs"
     cache_dir: str = "cache"

@@ -10,12 +10,14 @@ from typing import Callable
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from catalyst_ttt.anchors import kl_beta, replay_weight
+from catalyst_ttt.device import precision_args
 from catalyst_ttt.evaluation import generate
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
@@ -96,16 +98,21 @@ def _callbacks(callbacks, phase: str, steps: int) -> list[TrainerCallback]:
     return [NanGuard(phase), *callbacks, *shown]
 
 
-def _common_args(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+def _common_args(
+    model, output_dir: str, steps: int, batch_size: int, lr: float, seed: int, micro_batch_size: int | None = None
+) -> dict:
+    """Arguments every trainer shares. A step trains on `batch_size` rows, accumulated over passes of
+    `micro_batch_size` (None: one pass); the trainer runs where `model` is, in its device's precision."""
+    micro = micro_batch_size or batch_size
     return dict(
         output_dir=output_dir,
         max_steps=steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch_size // micro,
         learning_rate=lr,
         seed=seed,
         data_seed=seed,
-        use_cpu=True,
-        bf16=False,
+        **precision_args(next(model.parameters()).device),
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -129,6 +136,7 @@ def sft(
     schedule: str = "cosine",
     callbacks: list[TrainerCallback] = (),
     packed: bool = False,
+    micro_batch_size: int | None = None,
 ) -> None:
     """SFT in place; prompt/completion rows train on the completion only (TRL's default).
 
@@ -144,7 +152,7 @@ def sft(
         packing = {"packing": True, "packing_strategy": "bfd"}
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
-            **_common_args(scratch, steps, batch_size, lr, seed),
+            **_common_args(model, scratch, steps, batch_size, lr, seed, micro_batch_size),
             lr_scheduler_type=schedule,
             warmup_steps=min(100, steps // 10),
             max_length=max_length,
@@ -265,7 +273,10 @@ def grpo(
     replay_rows: list[dict] = (),
 ) -> None:
     """GRPO on unlabeled prompts, training `model` in place (rewards may score with it), with the
-    anchor of `ttt.anchor`: a KL to the start checkpoint, and replay of `replay_rows` (anchors.py)."""
+    anchor of `ttt.anchor`: a KL to the start checkpoint, and replay of `replay_rows` (anchors.py).
+
+    Under a LoRA adapter (`model` a PeftModel) TRL takes the KL reference from a frozen copy of the
+    fresh adapter, whose update is zero: the adapter-free start point, with no second model loaded."""
     t = cfg.ttt
     weight = replay_weight(t)
     replay = (
@@ -278,7 +289,9 @@ def grpo(
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = GRPOConfig(
-            **_common_args(scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed),
+            **_common_args(
+                model, scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed, t.micro_batch_size
+            ),
             num_generations=t.num_generations,
             max_completion_length=max_completion_length,
             temperature=t.temperature,
@@ -287,6 +300,7 @@ def grpo(
             beta=kl_beta(t),
             trust_remote_code=cfg.model.trust_remote_code,  # the KL reference loads like the policy
             lr_scheduler_type="constant",
+            use_vllm=t.use_vllm,  # in TRL's colocate mode: vLLM shares the training GPU
         )
         trainer = (ReplayGRPOTrainer if replay else GRPOTrainer)(
             model=model,
@@ -303,9 +317,10 @@ def grpo(
 
 
 def _drop_patched_forward(model) -> None:
-    """TRL's trainers set `model.forward` to a closure over this object's original bound forward;
-    a deep copy of the model would keep running the original's weights, so restore the class's."""
-    vars(model).pop("forward", None)
+    """TRL's trainers set `forward` on the model (under a LoRA adapter, on its base model) to a closure
+    over that object's original bound forward; a deep copy of the model would keep running the
+    original's weights, so restore the class's."""
+    vars(model.get_base_model() if isinstance(model, PeftModel) else model).pop("forward", None)
 
 
 class StepHook(TrainerCallback):
@@ -370,6 +385,7 @@ def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig
                 max_length=sft_max_length(cfg),
                 schedule="constant",
                 callbacks=[hook],
+                micro_batch_size=cfg.ttt.micro_batch_size,
             )
     return per_round * cfg.signal.rounds
 

@@ -116,8 +116,8 @@ OVERRIDES = [
     (["run", "--cfg", "hydra"], "--cfg hydra is not valid; valid: job"),
     (
         ["sweep", "nope"],
-        "unknown sweep 'nope'; valid: anchor, bench, default, full, ignition, question, signals, smoke, stechly, "
-        "testbed",
+        "unknown sweep 'nope'; valid: anchor, bench, default, full, gpu, ignition, question, signals, smoke, "
+        "stechly, testbed",
     ),
     (["sweep", "../smoke"], "sweep='../smoke' is not valid"),
     (["sweep", "smoke", "regime=none,nope"], "unknown regime 'nope'"),

@@ -22,7 +22,12 @@ from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 from helpers.ttt import train_on
 
 GRPO = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
-LABEL_FREE = [n for n in SIGNALS.names() if not SIGNALS.get(n).uses_labels(SignalConfig()) and n != "none"]
+# Signals with a reward that reads the completions (replay_only's never varies: only its anchor trains).
+LABEL_FREE = [
+    n
+    for n in SIGNALS.names()
+    if not SIGNALS.get(n).uses_labels(SignalConfig()) and SIGNALS.get(n).trainer and SIGNALS.get(n).rewards
+]
 
 # One alchemy problem and a hand-made group: AB -rot-> FG -rev-> GF (alphabet A-J).
 PROBLEM = TASK.make_problem("AB", ("rot", "rev"))

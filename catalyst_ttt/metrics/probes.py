@@ -44,7 +44,9 @@ def catalyst_probes(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
         ("latent", task.latent_probes(problems)),
     ):
         if probes:
-            base = base or (model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model)[0])
+            base = base or (
+                model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model, model.device)[0]
+            )
             out[f"{name}/base"] = skill_accuracy(task, probes, base, tokenizer, batch_size)
             out[f"{name}/start"] = skill_accuracy(task, probes, model, tokenizer, batch_size)
     return out | trace_dependence(task, problems, model, tokenizer, batch_size)
