@@ -3,7 +3,8 @@ job buys. Prints the tables the README records; every figure is the best of two 
 
 Sections (all by default; `python -m catalyst_ttt.bench SECTION...` runs some):
 
-* `base`: the testbed's base pretraining (default config), alone, with its training throughput.
+* `base`: the testbed's base pretraining (default config), alone, with its training throughput, rows
+  packed into blocks (`base.packed`, the default) and padded to their batch's longest (before).
 * `cell`: one cell of the default study (regime correct, signal majority) over that base, phase
   by phase: the catalyst and the IG reader built once, then a cell whose checkpoints are cached
   (what most cells of a sweep cost); generation throughput, greedy and sampled.
@@ -11,6 +12,8 @@ Sections (all by default; `python -m catalyst_ttt.bench SECTION...` runs some):
   same trainings written directly against TRL, phase by phase.
 * `jobs`: the bench sweep with `--jobs 1` and `--jobs 2` over cached checkpoints, with the mean
   per-cell phase profile of each.
+* `study`: where the default study's time went, per kind of cell and phase, read from the store
+  `make sweep` wrote (`runs/default`; nothing is run).
 """
 
 from __future__ import annotations
@@ -58,30 +61,33 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple]) -> str:
 
 
 def base_section(scratch: Path) -> Path:
-    """Train the default base RUNS times from scratch; returns a cache holding it for `cell`."""
+    """Train the default base RUNS times from scratch, packed (the default) and padded (before packing);
+    returns a cache holding the packed one for `cell`."""
     from catalyst_ttt.config import build_task, compose_cell
-    from catalyst_ttt.models import char_tokenizer
     from catalyst_ttt.pipeline import base_checkpoint
 
-    seconds = []
-    for attempt in range(RUNS):
-        cache = scratch / f"base-cache-{attempt}"
-        cfg = compose_cell(["threads=1", f"cache_dir={cache}", f"runs_dir={scratch / 'base-runs'}"])
-        started = time.perf_counter()
-        base_checkpoint(cfg, build_task(cfg), "bench")
-        seconds.append(time.perf_counter() - started)
-    lengths = [len(ids) for ids in char_tokenizer()(build_task(cfg).base_corpus())["input_ids"]]
-    tokens_per_second = cfg.base.steps * cfg.base.batch_size * mean(lengths) / min(seconds)
-    row = (
-        cfg.base.steps,
-        cfg.base.batch_size,
-        f"{min(seconds):.1f}",
-        ", ".join(f"{s:.1f}" for s in seconds),
-        f"{cfg.base.steps / min(seconds):.2f}",
-        f"{tokens_per_second:,.0f}",
-    )
-    header = ("steps", "batch", "seconds (best)", "runs", "steps/s", "tokens/s (no padding)")
-    print(table("Base pretraining (default testbed, threads=1)", header, [row]))
+    rows, cache = [], None
+    for packed in (True, False):
+        seconds = []
+        for attempt in range(RUNS):
+            attempt_cache = scratch / f"base-cache-{packed}-{attempt}"
+            overrides = ["threads=1", f"base.packed={packed}", f"cache_dir={attempt_cache}"]
+            cfg = compose_cell([*overrides, f"runs_dir={scratch / 'base-runs'}"])
+            started = time.perf_counter()
+            base_checkpoint(cfg, build_task(cfg), "bench", "cpu")
+            seconds.append(time.perf_counter() - started)
+            cache = cache or attempt_cache
+        rows.append(
+            (
+                "packed (default)" if packed else "padded (before)",
+                cfg.base.steps,
+                f"{min(seconds):.1f}",
+                ", ".join(f"{s:.1f}" for s in seconds),
+                f"{cfg.base.steps / min(seconds):.2f}",
+            )
+        )
+    header = ("rows", "steps", "seconds (best)", "runs", "steps/s")
+    print(table("Base pretraining (default testbed, threads=1)", header, rows))
     return cache
 
 
@@ -142,20 +148,23 @@ def generation_section(overrides: list[str]) -> None:
         for p in items
     ]
     rows = []
+    budgets = (
+        ("structural", task.completion_budget(task.splits()["id"])),
+        ("task maximum (before)", task.max_completion_chars),
+    )
     for label, samples in (("greedy", 0), (f"{cfg.eval.samples} samples", cfg.eval.samples)):
-        best, tokens = float("inf"), 0
-        for _ in range(RUNS):
-            started = time.perf_counter()
-            out = generate(
-                model, tokenizer, prompts, task.max_completion_chars, samples=samples, batch_size=cfg.eval.batch_size
-            )
-            best = min(best, time.perf_counter() - started)
-            tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for g in out for text in g)
-        rows.append((label, len(prompts), f"{best:.2f}", f"{tokens / best:,.0f}"))
+        for budget_label, budget in budgets:
+            best, tokens = float("inf"), 0
+            for _ in range(RUNS):
+                started = time.perf_counter()
+                out = generate(model, tokenizer, prompts, budget, samples=samples, batch_size=cfg.eval.batch_size)
+                best = min(best, time.perf_counter() - started)
+                tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for g in out for text in g)
+            rows.append((label, f"{budget_label}: {budget}", len(prompts), f"{best:.2f}", f"{tokens / best:,.0f}"))
     print(
         table(
             "Generation (id + heldout prompts, the cell's catalyst checkpoint, eval batch size)",
-            ("mode", "prompts", "seconds", "tokens/s"),
+            ("mode", "completion budget (tokens)", "prompts", "seconds", "tokens/s"),
             rows,
         )
     )
@@ -183,7 +192,7 @@ def ttt_batch_section(overrides: list[str]) -> None:
             by_prompt = {p.prompt: p for p in problems}
             reward = make_reward_function(SIGNALS.get("majority"), cfg, task, by_prompt, model, tokenizer)
             started = time.perf_counter()
-            grpo(model, tokenizer, list(by_prompt), reward, cfg, task.max_completion_chars, [])
+            grpo(model, tokenizer, list(by_prompt), reward, cfg, task.completion_budget(problems), [])
             best = min(best, time.perf_counter() - started)
         per_step = best / steps
         completions = prompts_per_step * cfg.ttt.num_generations
@@ -249,7 +258,6 @@ def _phase_seconds(run: dict[str, float], phase: str) -> float:
 
 def bare_trl_seconds() -> dict[str, float]:
     """The same three trainings written directly against TRL: no cache, no store, no tracking."""
-    import random
 
     import torch
     from datasets import Dataset
@@ -259,6 +267,7 @@ def bare_trl_seconds() -> dict[str, float]:
     from catalyst_ttt.config import build_task, compose_cell
     from catalyst_ttt.device import precision_args
     from catalyst_ttt.models import char_tokenizer, new_tiny_model, with_chat_template
+    from catalyst_ttt.regimes import catalyst_rows
 
     torch.set_num_threads(1)
     cfg = compose_cell(sweep_overrides(BENCH, "regime=correct", "signal=majority", "seed=0"))
@@ -297,8 +306,7 @@ def bare_trl_seconds() -> dict[str, float]:
         sft_phase(
             "base", Dataset.from_dict({"text": task.base_corpus()}), base.steps, base.batch_size, base.lr, base.seed
         )
-        sample = random.Random(cfg.seed).sample(splits["train"], cfg.catalyst.n)
-        rows = [{"prompt": p.prompt, "completion": task.render(p.steps, p.answer)} for p in sample]
+        rows = catalyst_rows("correct", splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed)
         catalyst = cfg.catalyst
         sft_phase("catalyst", Dataset.from_list(rows), catalyst.steps, catalyst.batch_size, catalyst.lr, cfg.seed)
 
@@ -325,7 +333,7 @@ def bare_trl_seconds() -> dict[str, float]:
                     per_device_train_batch_size=cfg.ttt.prompts_per_step * cfg.ttt.num_generations,
                     num_generations=cfg.ttt.num_generations,
                     learning_rate=cfg.ttt.lr,
-                    max_completion_length=task.max_completion_chars,
+                    max_completion_length=task.completion_budget(splits["id"]),
                     temperature=cfg.ttt.temperature,
                     top_k=0,
                     top_p=1.0,
@@ -412,7 +420,41 @@ def sweep(runs: Path, cache: Path, jobs: int) -> dict:
     return {"cells": len(results), "seconds": seconds, "trainings": trainings, "profile": profile}
 
 
-SECTIONS = ("base", "cell", "overhead", "jobs")
+# -- study ---------------------------------------------------------------------------------
+
+STUDY_PHASES = ("base", "catalyst", "pre_ttt", "ttt", "eval", "ig")
+
+
+def study_section(runs: Path = Path("runs")) -> None:
+    """Per kind of cell of the default study (as `make sweep` ran it): how many, and the mean and total
+    seconds of each phase, from the store's result.json files."""
+    results = [json.loads(p.read_text()) for p in (runs / DEFAULT).glob("*/result.json")]
+    if not results:
+        print(f"\nNo default study in {runs / DEFAULT}: run `make sweep` first, then `make bench SECTIONS=study`.")
+        return
+    kinds: dict[str, list[dict]] = {}
+    for result in results:
+        kinds.setdefault(_kind(result), []).append(result)
+    rows = []
+    for kind, members in sorted(kinds.items()):
+        means = [mean(r["timing"].get(f"{p}_s", 0.0) for r in members) for p in STUDY_PHASES]
+        total = sum(r["timing"].get("total_s", 0.0) for r in members)
+        rows.append((kind, len(members), *(f"{m:.1f}" for m in means), f"{total:.0f}"))
+    cell_seconds = sum(r["timing"].get("total_s", 0.0) for r in results)
+    rows.append(("all", len(results), *("" for _ in STUDY_PHASES), f"{cell_seconds:.0f}"))
+    header = ("cells", "n", *(f"{p} s" for p in STUDY_PHASES), "cell-seconds")
+    print(table(f"The default study by kind of cell (mean seconds per phase; {runs / DEFAULT})", header, rows))
+
+
+def _kind(result: dict) -> str:
+    """What a cell of the study did: trained a base (its first cell), was gated, ran TTT or only measured."""
+    axes = result["axes"]
+    what = "gated (start at its floor)" if result["status"] == "gated" else f"signal {axes['signal']}"
+    built = [phase for phase in ("base", "catalyst") if result.get("phases", {}).get(phase) == "trained"]
+    return f"{axes['regime']} x {what}" + (f" (+ {' + '.join(built)} built)" if built else "")
+
+
+SECTIONS = ("base", "cell", "overhead", "jobs", "study")
 
 
 def main(argv: list[str]) -> None:
@@ -436,6 +478,8 @@ def main(argv: list[str]) -> None:
             overhead_section(scratch)
         if "jobs" in chosen:
             jobs_section(scratch)
+        if "study" in chosen:
+            study_section()
 
 
 def cpu_model() -> str:
