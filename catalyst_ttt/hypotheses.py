@@ -99,12 +99,15 @@ def fingerprint(spec: dict | None) -> str | None:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def score(hypotheses: list[Hypothesis], analysis: Analysis) -> list[Score]:
+def score(hypotheses: list[Hypothesis], analysis: Analysis, ig_readable: bool = True) -> list[Score]:
+    """Each hypothesis scored per value of its `per` axis; `ig_readable`: the IG calibration holds, so the
+    accuracy trap may read information gain (docs/metrics.md)."""
     out = []
     for hypothesis in hypotheses:
         parts = sorted({str(_axis(h.key, hypothesis.per)) for h in _everything(analysis)}) if hypothesis.per else [None]
         for part in parts:
-            verdict, evidence = RULE_FUNCTIONS[hypothesis.rule](hypothesis, analysis, part)
+            rule = RULE_FUNCTIONS[hypothesis.rule]
+            verdict, evidence = rule(hypothesis, analysis, part, ig_readable)
             out.append(Score(hypothesis, part, verdict, evidence))
     return out
 
@@ -136,7 +139,7 @@ def _estimate(holder: Group | Ignition) -> str:
     return f"{_name(holder)}: {estimate.mean:+.3f} [{estimate.low:+.3f}, {estimate.high:+.3f}] {holder.verdict}"
 
 
-def _ignites(hypothesis: Hypothesis, analysis: Analysis, part: str | None) -> tuple[str, str]:
+def _ignites(hypothesis: Hypothesis, analysis: Analysis, part: str | None, ig_readable: bool) -> tuple[str, str]:
     entries = [e for e in analysis.ignition if _matches(e.key, hypothesis.where, hypothesis, part)]
     lit = [e for e in entries if e.ignites]
     if lit:
@@ -155,7 +158,7 @@ def _judged(groups: list[Group]) -> list[Group]:
     return [g for g in groups if g.has_verdict]
 
 
-def _stable(hypothesis: Hypothesis, analysis: Analysis, part: str | None) -> tuple[str, str]:
+def _stable(hypothesis: Hypothesis, analysis: Analysis, part: str | None, ig_readable: bool) -> tuple[str, str]:
     groups = _judged([g for g in analysis.groups if _matches(g.key, hypothesis.where, hypothesis, part)])
     if not groups:
         return INCONCLUSIVE, "no group of `where` has a stability verdict (every start at its floor?)"
@@ -172,7 +175,7 @@ def _context(group: Group, hypothesis: Hypothesis) -> str:
     return repr({k: v for k, v in group.key.items() if k not in compared and k != "config"})
 
 
-def _rescues(hypothesis: Hypothesis, analysis: Analysis, part: str | None) -> tuple[str, str]:
+def _rescues(hypothesis: Hypothesis, analysis: Analysis, part: str | None, ig_readable: bool) -> tuple[str, str]:
     contexts: dict[str, dict[str, list[Group]]] = defaultdict(lambda: {"where": [], "against": []})
     for group in _judged(analysis.groups):
         for side in ("where", "against"):
@@ -191,7 +194,7 @@ def _rescues(hypothesis: Hypothesis, analysis: Analysis, part: str | None) -> tu
     return INCONCLUSIVE, f"`where` undecided or absent in the {len(failing)} context(s) where `against` is unstable"
 
 
-def _trap(hypothesis: Hypothesis, analysis: Analysis, part: str | None) -> tuple[str, str]:
+def _trap(hypothesis: Hypothesis, analysis: Analysis, part: str | None, ig_readable: bool) -> tuple[str, str]:
     rule = analysis.rule
     no_ttt = {repr(ignition_key(g.cells[0])): g for g in analysis.groups if not g.has_ttt and g.cells}
     rising, trapped = [], []
@@ -201,7 +204,7 @@ def _trap(hypothesis: Hypothesis, analysis: Analysis, part: str | None) -> tuple
         rising.append(group)
         validity_drop = group.mean("start_step_validity") - group.mean("step_validity")
         baseline = no_ttt.get(repr(ignition_key(group.cells[0])))
-        ig_drop = baseline.mean("ig_total") - group.mean("ig_total") if baseline else float("nan")
+        ig_drop = baseline.mean("ig_total") - group.mean("ig_total") if baseline and ig_readable else float("nan")
         if validity_drop > rule.trap_drop or ig_drop > rule.trap_drop:
             trapped.append(f"{_estimate(group)} (step validity {-validity_drop:+.3f}, IG {-ig_drop:+.3f})")
     if trapped:
