@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from catalyst_ttt.anchors import check_anchor
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, unknown_name
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import (
     CellConfig,
@@ -106,7 +106,7 @@ def _missing_option_message(err: MissingConfigException) -> str:
     if group in GROUPS:
         listed = err.options or sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         options = [o for o in listed if not o.endswith(SCHEMA_SUFFIX)]  # schemas are not options to pick
-        return f"unknown {group} {name!r}; valid: {', '.join(options)}"
+        return unknown_name(group, name, options)
     return _first_line(err)
 
 

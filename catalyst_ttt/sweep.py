@@ -40,7 +40,7 @@ from catalyst_ttt.config import (
     semantic_dict,
     shipped_dir,
 )
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, unknown_name
 from catalyst_ttt.results import FINAL, GRID, CellDir, sweep_dir, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
@@ -105,7 +105,7 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> 
     check_name(name, "sweep")
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.exists():
-        raise UserError(f"unknown sweep {name!r}; valid: {', '.join(available_sweeps())}")
+        raise UserError(unknown_name("sweep", name, available_sweeps()))
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

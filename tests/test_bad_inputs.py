@@ -68,7 +68,7 @@ OVERRIDES = [
     (["run", "metrics.probes.atomic_items=0"], "metrics.probes.atomic_items=0 is not valid; it must be >= 1"),
     (["run", "ttt.prompts_per_step=0"], "ttt.prompts_per_step=0 is not valid"),
     (["run", "ttt.num_generations=1"], "GRPO groups need >= 2"),
-    (["run", "metrics.stability.max_drop=1.5"], "max_drop=1.5 is not valid; it must be finite and >= 0 and <= 1"),
+    (["run", "metrics.stability.margin=1.5"], "margin=1.5 is not valid; it must be finite and >= 0 and <= 1"),
     (["run", "task.heldout_composition_frac=-0.1"], "task.heldout_composition_frac=-0.1 is not valid"),
     (["run", "task.max_ops=0"], "task.max_ops=0 is not valid"),
     (["run", "task.max_ops=1"], "task.answer_only_frac=0.5 leaves no composition for the task splits"),
@@ -115,6 +115,11 @@ OVERRIDES = [
     (["report", "../outside"], "sweep='../outside' is not valid"),
     (["report", "never_ran"], "no results for sweep 'never_ran'"),
     (["status", "../outside"], "sweep='../outside' is not valid"),
+    # near misses are named
+    (["run", "regime=corect"], "unknown regime 'corect'; did you mean 'correct'? valid: answer_only, correct"),
+    (["run", "signal=majorty"], "unknown signal 'majorty'; did you mean 'majority'? valid:"),
+    (["run", "task=alchemi"], "unknown task 'alchemi'; did you mean 'alchemy'? valid: alchemy, arith, gsm8k"),
+    (["sweep", "defualt"], "unknown sweep 'defualt'; did you mean 'default'? valid: anchor"),
 ]
 
 
