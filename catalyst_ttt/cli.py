@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -26,8 +27,11 @@ err_console = Console(stderr=True)
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
-SUMMARY_TITLE = (
-    "regime x signal — id greedy accuracy, mean [95% bootstrap] over replicates († gold, ‡ perfect verifier)"
+RESULTS_FROM = typer.Option(
+    None,
+    "--from",
+    metavar="RESULTS.JSONL",
+    help="rebuild the report from a results.jsonl alone, beside it (no results store, no W&B run)",
 )
 
 
@@ -176,8 +180,7 @@ def status(
 ) -> None:
     """Cells done / running / failed and the per-group summary, from the results store."""
     from catalyst_ttt import sweep as sweeps
-    from catalyst_ttt.metrics.aggregate import aggregate, rule_of
-    from catalyst_ttt.report import summary_table
+    from catalyst_ttt.report.terminal import summary_of
     from catalyst_ttt.results import cell_dirs, load_results
 
     results = load_results(runs_dir, name)
@@ -199,36 +202,54 @@ def status(
     for cell, state in sorted(states.items()):
         if state.startswith(("running", "stale")) or state == "failed":
             console.print(f"  {state:<20} {cell}", highlight=False)
-    console.print(summary_table(aggregate(results, rule_of(results)), SUMMARY_TITLE))
+    for renderable in summary_of(name, results):
+        console.print(renderable)
 
 
 @app.command()
 @user_errors
 def report(
-    name: str = typer.Argument("default", help="the sweep"),
+    name: Optional[str] = typer.Argument(None, help="the sweep (default: default)"),
     runs_dir: str = typer.Option("runs", help="where the results store is"),
+    source: Optional[Path] = RESULTS_FROM,
     open_html: bool = typer.Option(False, "--open", help="open report.html in a browser"),
     wandb_log: bool = typer.Option(True, "--wandb/--no-wandb", help="also log the report as a W&B run"),
 ) -> None:
-    """Tables, plots and a generated answer from a sweep's results store."""
-    from catalyst_ttt.report import build_report, log_to_wandb, summary_table, write_report
+    """Write a sweep's report (report.md, report.html, plots) and results.jsonl, its per-cell data.
 
-    result = build_report(runs_dir, name)
+    Example: cttt report --from docs/results/default/results.jsonl
+    """
+    from catalyst_ttt.report import REPORT_HTML, REPORT_MD, build, from_store, read_file, write_report
+    from catalyst_ttt.report.answer import headline
+    from catalyst_ttt.report.terminal import summary
+    from catalyst_ttt.report.wandb_run import log_to_wandb
+    from catalyst_ttt.results import sweep_dir
+
+    if source is not None:
+        cells = read_file(source)
+        if name and name != cells.sweep:
+            raise UserError(f"{source} holds sweep {cells.sweep!r}, not {name!r}")
+        directory = source.parent
+    else:
+        cells = from_store(runs_dir, name or "default")
+        directory = sweep_dir(runs_dir, cells.sweep) / "report"
+    result = build(cells)
     _quiet_libraries()
-    directory = write_report(result, runs_dir)
-    console.print(summary_table(result.groups, SUMMARY_TITLE))
+    plots = write_report(result, directory)
+    for renderable in summary(result):
+        console.print(renderable)
     console.print("[bold]The answer[/bold]")
-    for sentence in result.answer:
-        console.print(f"- {sentence}", highlight=False)
-    console.print(f"report: {directory / 'report.md'}  {directory / 'report.html'}")
-    if wandb_log:
-        offline = log_to_wandb(result)
+    for line in headline(result):
+        console.print(f"- {line}", highlight=False)
+    console.print(f"report: {directory / REPORT_MD}  {directory / REPORT_HTML}", highlight=False, soft_wrap=True)
+    if wandb_log and source is None:
+        offline = log_to_wandb(result, plots, directory)
         if offline:
-            console.print(f"W&B report run (offline): wandb sync {offline}")
+            console.print(f"W&B report run (offline): wandb sync {offline}", highlight=False, soft_wrap=True)
     if open_html:
         import webbrowser
 
-        webbrowser.open((directory / "report.html").resolve().as_uri())
+        webbrowser.open((directory / REPORT_HTML).resolve().as_uri())
 
 
 @app.command("list")

@@ -311,8 +311,8 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # mtime and size 
     return digest.hexdigest()
 
 
-# Modules that only present results: editing them does not change what a cell computes.
-PRESENTATION = {"cli.py", "report.py", "bench.py", "sweep.py", "__main__.py"}
+# Modules and packages that only present results: editing them does not change what a cell computes.
+PRESENTATION = {"cli.py", "report", "bench.py", "sweep.py", "__main__.py"}
 
 
 @functools.cache
@@ -326,7 +326,7 @@ def code_fingerprint() -> str:
         release = "unreleased"
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        if path.name not in PRESENTATION:
+        if path.relative_to(PACKAGE_DIR).parts[0] not in PRESENTATION:
             digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
     return f"{release}+{digest.hexdigest()[:12]}"
 

@@ -99,6 +99,16 @@ def available_sweeps() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
+def sweep_description(file_name: str) -> str:
+    """The `description` of sweeps/FILE_NAME on one line ("" where there is none)."""
+    path = SWEEPS_DIR / file_name
+    try:
+        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        spec = None  # load_sweep says what is wrong with it when the sweep is run
+    return " ".join(str(spec.get("description") or "").split()) if isinstance(spec, dict) else ""
+
+
 def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None) -> Sweep:
     """The sweep file plus command-line overrides, read with Hydra's override grammar: a sweep
     (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it."""
