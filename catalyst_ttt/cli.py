@@ -11,28 +11,34 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, did_you_mean
 
 app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Catalyst data regimes x test-time training signals, measured.",
+    rich_markup_mode=None,  # plain help: fits 80 columns, and a flag is not shown as taking a <bool>
+    help="Catalyst data regimes x test-time training signals, measured. Example: cttt sweep default --jobs 2",
 )
 console = Console()
 err_console = Console(stderr=True)
-OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
-PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
+OVERRIDES = typer.Argument(
+    None, metavar="OVERRIDES", help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20"
+)
+SWEEP_NAME = typer.Argument("default", metavar="SWEEP", help="a sweep: sweeps/SWEEP.yaml (cttt list)")
+RUNS_DIR = typer.Option("runs", "--runs-dir", metavar="DIR", help="where the results store is")
 RESULTS_FROM = typer.Option(
     None,
     "--from",
     metavar="RESULTS.JSONL",
     help="rebuild the report from a results.jsonl alone, beside it (no results store, no W&B run)",
 )
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
 
 
 def _quiet_libraries() -> None:
@@ -48,6 +54,16 @@ def _quiet_libraries() -> None:
     # Only the libraries' own advice is silenced; a warning from this package or the user's code shows.
     warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARIES)
     warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
+
+
+def reject_options(ctx: typer.Context, overrides: list[str] | None) -> None:
+    """A mistyped flag (`--dryrun`) would reach Hydra as an override it cannot parse: name it instead."""
+    for arg in overrides or []:
+        if arg.startswith("-"):
+            flag = arg.split("=")[0]
+            known = sorted({o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o[:2] == "--"})
+            known.append("--help")
+            raise UserError(f"no such option {flag!r}{did_you_mean(flag, known)} options: {', '.join(known)}")
 
 
 def user_errors(command):
@@ -67,15 +83,22 @@ def user_errors(command):
 @app.command(context_settings=PASS_THROUGH)
 @user_errors
 def run(
+    ctx: typer.Context,
     overrides: Optional[list[str]] = OVERRIDES,
-    show: Optional[str] = typer.Option(None, "--cfg", help="print the composed config and run nothing: job"),
+    show: Optional[str] = typer.Option(
+        None, "--cfg", metavar="job", help="print the composed config and run nothing (the one value: job)"
+    ),
 ) -> None:
-    """Run one cell: base -> catalyst -> ttt -> eval."""
+    """Run one cell: base -> catalyst -> ttt -> eval.
+
+    Example: cttt run regime=swapped signal=process seed=1
+    """
     from omegaconf import OmegaConf
 
     from catalyst_ttt.config import compose_cell
     from catalyst_ttt.results import check_writable
 
+    reject_options(ctx, overrides)
     if show not in (None, "job"):
         raise UserError(f"--cfg {show} is not valid; valid: job")
     cfg = compose_cell(list(overrides or []))
@@ -117,15 +140,20 @@ def _print_cell(result: dict) -> None:
 @app.command(context_settings=PASS_THROUGH)
 @user_errors
 def sweep(
-    name: str = typer.Argument("default", help="sweeps/NAME.yaml"),
+    ctx: typer.Context,
+    name: str = SWEEP_NAME,
     overrides: Optional[list[str]] = OVERRIDES,
-    jobs: int = typer.Option(1, "--jobs", "-j", help="cells run in parallel on this machine (joblib)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="cells run in parallel on this machine (joblib)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, what is done and cached; run nothing"),
 ) -> None:
-    """Run a sweep as a Hydra multirun; finished cells are skipped."""
+    """Run a sweep as a Hydra multirun; finished cells are skipped.
+
+    Example: cttt sweep default seed=0 base.seed=0 --jobs 2
+    """
     from catalyst_ttt import sweep as sweeps
     from catalyst_ttt.results import check_writable
 
+    reject_options(ctx, overrides)
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
     plan = sweeps.load_sweep(name, list(overrides or []), jobs)
@@ -148,11 +176,27 @@ def sweep(
 
 
 def _print_plan(plan, cells) -> None:
+    """One row per cell: its axis values (an axis with one value goes to the title), state, what is cached."""
+    from omegaconf import OmegaConf
+
     from catalyst_ttt.cache import cache_key, cached_keys
+    from catalyst_ttt.config import GROUPS
     from catalyst_ttt.pipeline import base_key, catalyst_key
 
-    table = Table(title=f"sweep {plan.name}: {len(cells)} cells")
-    for column in ("cell", "state", "base", "catalyst"):
+    def value(cfg, key: str) -> str:
+        return str(cfg[key].name if key in GROUPS else OmegaConf.select(cfg, key))
+
+    axes = [k for k, values in plan.axes.items() if len(values) > 1]
+    fixed = [f"{k}={values[0]}" for k, values in plan.axes.items() if len(values) == 1]
+    table = Table(
+        title=f"sweep {plan.name}: {len(cells)} cells" + (f" ({', '.join(fixed)})" if fixed else ""),
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    leaves = [key.split(".")[-1] for key in axes]
+    for key, leaf in zip(axes, leaves):
+        table.add_column(leaf if leaves.count(leaf) == 1 else key)  # catalyst.n -> n, but base.seed beside seed
+    for column in ("state", "base", "catalyst"):
         table.add_column(column)
     for cell in cells:
         cfg = cell.config
@@ -160,32 +204,39 @@ def _print_plan(plan, cells) -> None:
         base_hash = cache_key(base_key(cfg)) if cfg.model.kind == "tiny" else None
         cat_hash = cache_key(catalyst_key(cfg, base_hash or cfg.model.name_or_path))
         table.add_row(
-            cell.id,
+            *(value(cfg, key) for key in axes),
             cell.state(),
             "pretrained" if base_hash is None else ("cached" if base_hash in bases else "to train"),
             "none" if cfg.regime.name == "none" else ("cached" if cat_hash in catalysts else "to train"),
         )
     console.print(table)
     done = sum(c.state() in ("done", "diverged") for c in cells)
-    console.print(
-        f"{done}/{len(cells)} cells done; axes: " + "; ".join(f"{k}={','.join(v)}" for k, v in plan.axes.items())
-    )
+    console.print(f"{done}/{len(cells)} cells done; axes:", highlight=False)
+    for key, values in plan.axes.items():
+        console.print(f"  {key} ({len(values)}): {', '.join(values)}", highlight=False)
 
 
 @app.command()
 @user_errors
-def status(
-    name: str = typer.Argument("default", help="the sweep"),
-    runs_dir: str = typer.Option("runs", help="where the results store is"),
-) -> None:
-    """Cells done / running / failed and the per-group summary, from the results store."""
-    from catalyst_ttt import sweep as sweeps
-    from catalyst_ttt.report.terminal import summary_of
-    from catalyst_ttt.results import cell_dirs, load_results
+def status(name: str = SWEEP_NAME, runs_dir: str = RUNS_DIR) -> None:
+    """Cells done, running or failed, and the verdicts so far.
 
+    Example: cttt status default
+    """
+    from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.report.loading import missing_sweep
+    from catalyst_ttt.report.terminal import summary_of
+    from catalyst_ttt.results import cell_dirs, load_results, sweep_dir
+
+    known = name in sweeps.available_sweeps()
+    if not sweep_dir(runs_dir, name).is_dir():
+        if not known:
+            raise missing_sweep(runs_dir, name)
+        _print_unrun(sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]))
+        return
     results = load_results(runs_dir, name)
     states = {}
-    if name in sweeps.available_sweeps():
+    if known:
         for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
             states[cell.id] = cell.state()
     for store in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
@@ -206,16 +257,25 @@ def status(
         console.print(renderable)
 
 
+def _print_unrun(plan) -> None:
+    """`cttt status` before the first cell of a sweep: its plan, and how to run it."""
+    cells = plan.cells()
+    console.print(f"sweep [bold]{plan.name}[/bold]: 0 of {len(cells)} cells done (nothing has run yet)")
+    for key, values in plan.axes.items():
+        console.print(f"  {key} ({len(values)}): {', '.join(values)}", highlight=False)
+    console.print(f"run it: cttt sweep {plan.name}    grid and cache: cttt sweep {plan.name} --dry-run")
+
+
 @app.command()
 @user_errors
 def report(
-    name: Optional[str] = typer.Argument(None, help="the sweep (default: default)"),
-    runs_dir: str = typer.Option("runs", help="where the results store is"),
+    name: Optional[str] = typer.Argument(None, metavar="SWEEP", help="a sweep (default: default)"),
+    runs_dir: str = RUNS_DIR,
     source: Optional[Path] = RESULTS_FROM,
     open_html: bool = typer.Option(False, "--open", help="open report.html in a browser"),
     wandb_log: bool = typer.Option(True, "--wandb/--no-wandb", help="also log the report as a W&B run"),
 ) -> None:
-    """Write a sweep's report (report.md, report.html, plots) and results.jsonl, its per-cell data.
+    """Write a sweep's report, plots and per-cell results.jsonl.
 
     Example: cttt report --from docs/results/default/results.jsonl
     """
@@ -255,28 +315,39 @@ def report(
 @app.command("list")
 @user_errors
 def list_units() -> None:
-    """The registered tasks, regimes, signals, models and sweeps."""
+    """The registered tasks, regimes, models, sweeps and signals.
+
+    Example: cttt list
+    """
     from catalyst_ttt.config import CONF_DIR
     from catalyst_ttt.regimes import REGIMES
     from catalyst_ttt.signals import SIGNALS
-    from catalyst_ttt.sweep import available_sweeps
+    from catalyst_ttt.sweep import available_sweeps, sweep_description
     from catalyst_ttt.tasks import TASKS
 
-    table = Table(title="catalyst-ttt")
-    table.add_column("kind")
-    table.add_column("names")
-    table.add_row("task", ", ".join(TASKS.names()))
-    table.add_row("regime", ", ".join(REGIMES.names()))
-    table.add_row("model", ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))))
-    table.add_row("sweep", ", ".join(available_sweeps()))
-    console.print(table)
-    signals = Table(title="signals")
-    for column in ("signal", "trainer", "access", "what it rewards"):
-        signals.add_column(column)
+    units = _named_rows()
+    units.add_row("tasks", ", ".join(TASKS.names()))
+    units.add_row("regimes", ", ".join(REGIMES.names()))
+    units.add_row("models", ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))))
+    console.print(units)
+    sweeps = _named_rows()
+    for name in available_sweeps():
+        sweeps.add_row(name, sweep_description(f"{name}.yaml"))
+    console.print("\n[bold]sweeps[/bold] (cttt sweep NAME)", sweeps)
+    signals = _named_rows()
     for name in SIGNALS.names():
         signal = SIGNALS.get(name)
-        signals.add_row(name, signal.trainer or "-", signal.access_note(), signal.description)
-    console.print(signals)
+        signals.add_row(name, f"[italic]{signal.trainer or 'no training'}; {signal.access_note()}[/italic]")
+        signals.add_row("", signal.description)
+    console.print("\n[bold]signals[/bold] (signal=NAME; trainer; access)", signals)
+
+
+def _named_rows() -> Table:
+    """Two columns, a name and its text wrapped to the terminal's width: readable at 80 columns."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
 
 
 def main() -> None:

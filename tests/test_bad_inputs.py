@@ -115,11 +115,15 @@ OVERRIDES = [
     (["report", "../outside"], "sweep='../outside' is not valid"),
     (["report", "never_ran"], "no results for sweep 'never_ran'"),
     (["status", "../outside"], "sweep='../outside' is not valid"),
-    # near misses are named
+    # near misses are named, and a mistyped flag never reaches Hydra's override parser
     (["run", "regime=corect"], "unknown regime 'corect'; did you mean 'correct'? valid: answer_only, correct"),
     (["run", "signal=majorty"], "unknown signal 'majorty'; did you mean 'majority'? valid:"),
     (["run", "task=alchemi"], "unknown task 'alchemi'; did you mean 'alchemy'? valid: alchemy, arith, gsm8k"),
     (["sweep", "defualt"], "unknown sweep 'defualt'; did you mean 'default'? valid: anchor"),
+    (["sweep", "smoke", "--dryrun"], "no such option '--dryrun'; did you mean '--dry-run'? options: --dry-run"),
+    (["run", "--cgf", "job"], "no such option '--cgf'; did you mean '--cfg'?"),
+    (["report", "defualt"], "no results for sweep 'defualt' in runs; did you mean 'default'?"),
+    (["status", "defualt"], "no results for sweep 'defualt' in runs; did you mean 'default'?"),
 ]
 
 

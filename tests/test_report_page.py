@@ -206,6 +206,28 @@ def test_scored_hypotheses_come_first_with_their_table_and_warning(tmp_path):
     assert "**Warning:** the study file's hypotheses changed" in section
 
 
+def test_status_and_list_read_at_80_columns(tmp_path):
+    runs = _study(tmp_path, signals=("majority", "majority_x_process", "guarded_majority"))
+    runner = CliRunner()
+    for args in (["status", "hand", "--runs-dir", str(runs)], ["list"]):
+        done = runner.invoke(app, args, terminal_width=80, env={"COLUMNS": "80"})
+        assert done.exit_code == 0, done.output
+        assert "…" not in done.output
+        assert max(len(line.rstrip()) for line in done.output.splitlines()) <= 80
+    status = runner.invoke(app, ["status", "hand", "--runs-dir", str(runs)], terminal_width=80, env={"COLUMNS": "80"})
+    for value in ("majority_x_process", "guarded_majority", "does not ignite", "inconclusive", "3 bases"):
+        assert value in status.output, value
+    floor = "swapped × guarded_majority, majority, majority_x_process: n/a (floor) — 0 of 3 replicates start above"
+    assert floor in " ".join(status.output.split())  # the floor groups: one line, wrapped, not a table
+
+
+def test_status_of_a_sweep_not_run_yet_shows_its_plan(tmp_path):
+    done = CliRunner().invoke(app, ["status", "smoke", "--runs-dir", str(tmp_path)], terminal_width=80)
+    assert done.exit_code == 0, done.output
+    assert "sweep smoke: 0 of 4 cells done (nothing has run yet)" in done.output
+    assert "regime (2): none, correct" in done.output and "run it: cttt sweep smoke" in done.output
+
+
 def test_the_report_run_is_logged_to_wandb(tmp_path, monkeypatch):
     results = [
         fake_result("correct", "majority", 0, 0.6, 0.61, base_seed=b, config={"wandb": {"mode": "offline"}})
