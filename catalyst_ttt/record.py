@@ -128,6 +128,7 @@ class CellRecord:
             }
         )
         result["examples"] = {name: r.examples for name, r in evaluated.items()}
+        result["ttt_log"] = self.tracker.history  # per-step TTT diagnostics: the report draws them over steps
 
     def _close(self) -> None:
         result, tracker = self.result, self.tracker

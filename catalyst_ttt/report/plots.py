@@ -161,8 +161,8 @@ def verdict_matrix(
 def draw_verdicts(report: Report, path: Path) -> bool:
     """Regime × signal: each TTT group's verdict (colour) and mean gain (text); one facet per other context."""
     groups = [g for g in report.ttt_groups if g.key["regime"] != "none"]
-    if report.anchors_vary or all(g.verdict == FLOOR for g in groups):
-        return False  # the anchor matrix shows it, or there is nothing to show
+    if report.anchors_vary or not any(g.has_verdict for g in groups):
+        return False  # the anchor matrix shows it, or no group has a verdict to show
     axes_ = report.varying
     fig, axes = verdict_matrix(groups, lambda g: g.key["regime"], signal_name, lambda g: context(g.key, axes_))
     for ax in axes:
@@ -180,7 +180,7 @@ def _anchor(group: Group) -> str:
 def draw_anchors(report: Report, path: Path) -> bool:
     """Signal × anchor: which anchor keeps which signal stable; one facet per regime and other context."""
     groups = report.ttt_groups
-    if not report.anchors_vary or all(g.verdict == FLOOR for g in groups):
+    if not report.anchors_vary or not any(g.has_verdict for g in groups):
         return False
     axes_ = [axis for axis in report.varying if axis != "anchor"]
     fig, axes = verdict_matrix(groups, signal_name, _anchor, lambda g: place(g, axes_), anchor_order)
