@@ -128,7 +128,7 @@ def test_a_start_at_its_floor_is_never_stable(tmp_path):
     entry = report.ignition[0]
     assert entry.key["regime"] == "swapped" and entry.verdict == "does not ignite"
     lines = headline(report)
-    assert lines[0] == "Before TTT: `swapped` does not ignite it."
+    assert lines[0] == "Before TTT: `swapped` does not ignite the latent skill."
     assert "No stability verdict on `swapped`: TTT starts at the floor (the base)." in lines
     assert not any(line.startswith("TTT on") for line in lines)
     text = _page(report)
@@ -244,7 +244,7 @@ def test_two_configurations_of_a_regime_never_pool(tmp_path, axis, small, large)
     if axis == "catalyst_n":  # one line for the curve over n
         assert "Ignites by catalyst budget: `correct` from n=256 on." in lines
     else:
-        assert f"Before TTT ({axis}={small_value}): `correct` does not ignite it." in lines
+        assert f"Before TTT ({axis}={small_value}): `correct` does not ignite the latent skill." in lines
 
 
 def _two_configurations() -> tuple[list[dict], list[dict]]:
@@ -465,7 +465,8 @@ def test_ignition_vs_budget_answers_once_per_regime(tmp_path):
     assert corrupted.startswith("`corrupted` ignites at n=256 only") and "(kept)" in corrupted
     text = _page(report)
     probes = next(line for line in text.splitlines() if line.startswith("| swapped | 64 | 0.90"))
-    assert probes.endswith("| 0.90 | 0.50 | 0.95 | – | 0.80 | 0.10 | – | – |")
+    assert probes.endswith("| 0.90 | 0.50 | 0.95 | 0.80 | 0.10 |")  # no cell recorded the other probes
+    assert "| regime | n | skill base | skill start | format rate | donor trace → trace | donor trace → gold |" in text
     assert "## TTT verdicts" not in text and "n/a (no TTT)" not in text  # no TTT: nothing to say about it
 
 
@@ -510,3 +511,23 @@ def test_status_reads_the_results_store(smoke_store):
     done = CliRunner().invoke(app, ["status", "smoke", "--runs-dir", str(smoke_store)], terminal_width=80)
     assert done.exit_code == 0, done.output
     assert "done=4" in done.output and "…" not in done.output
+
+
+def test_a_config_key_that_varies_beside_the_budget_gets_its_own_panel(tmp_path):
+    """Two task settings (a key that is no axis, like task.latent) never share a curve: a panel each, named by
+    the key."""
+    results = [
+        fake_result(regime, "none", 0, start, start, catalyst_n=n, base_seed=b, config={"task": {"latent": latent}})
+        for b in BASE_SEEDS
+        for latent, start in (("ops", 0.6), ("maps", 0.3))
+        for regime in ("none", "correct")
+        for n in (64, 256)
+    ]
+    report = _report(tmp_path, results)
+    lines = headline(report)
+    assert any(
+        line.startswith("Ignites by catalyst budget (task.latent=maps): `correct` from n=64 on") for line in lines
+    )
+    assert any(
+        line.startswith("Ignites by catalyst budget (task.latent=ops): `correct` from n=64 on") for line in lines
+    )

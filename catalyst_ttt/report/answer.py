@@ -82,7 +82,8 @@ def ignition_headline(report: Report) -> list[str]:
         dark = [e.key["regime"] for e in entries if e.verdict == NO_IGNITION]
         parts = [f"{' and '.join(lit)} ignite{'s' if len(lit) == 1 else ''} the latent skill"] if lit else []
         if dark:
-            parts.append(f"{names(dark)} {'does' if len(dark) == 1 else 'do'} not" + ("" if lit else " ignite it"))
+            verb = f"{'does' if len(dark) == 1 else 'do'} not" + ("" if lit else " ignite the latent skill")
+            parts.append(f"{names(dark)} {verb}")
         parts += [
             f"{names([e.key['regime'] for e in entries if e.verdict == verdict])}: {VERDICT_WORDS[verdict]}"
             for verdict in (INCONCLUSIVE, TOO_FEW)

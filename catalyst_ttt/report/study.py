@@ -17,7 +17,7 @@ from catalyst_ttt.metrics.aggregate import (
     Group,
     Ignition,
     analyse,
-    design_hash,
+    design,
     rule_of,
 )
 from catalyst_ttt.metrics.statistics import BASES, MIN_UNITS, Estimate, detectable_effect
@@ -253,25 +253,40 @@ def varies_budget(report: Report) -> bool:
     return len({entry.key.get(BUDGET_AXIS) for entry in report.ignition}) > 1
 
 
-def _without_budget(entry: Ignition) -> str:
-    """The pre-TTT design without catalyst.n and the regime's name: equal along one panel's curves."""
-    config = json.loads(json.dumps(entry.replicates[0].get("config", {})))
-    config.get("catalyst", {}).pop("n", None)
-    config["regime"] = {k: v for k, v in config.get("regime", {}).items() if k != "name"}
-    return design_hash(config, drop=("signal", "ttt"))
+def flat(node, prefix: str = "") -> dict[str, str]:
+    """A nested config as `dotted.key -> JSON value`."""
+    if isinstance(node, dict):
+        return {k: v for key, value_ in node.items() for k, v in flat(value_, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: json.dumps(node)}
+
+
+def differing(configs: list[dict[str, str]]) -> list[str]:
+    """The flat keys whose values are not the same in every config."""
+    keys = {k for config in configs for k in config}
+    return sorted(k for k in keys if len({config.get(k) for config in configs}) > 1)
+
+
+def _budget_design(entry: Ignition) -> dict[str, str]:
+    """The pre-TTT design without catalyst.n and the regime's name, flat: equal along one panel's curves."""
+    config = design(entry.replicates[0].get("config", {}), drop=("signal", "ttt"))
+    return {k: v for k, v in flat(config).items() if k not in ("catalyst.n", "regime.name")}
 
 
 def budget_curves(report: Report) -> dict[str, dict[str, list[Ignition]]]:
-    """panel (what fixes a curve besides regime and n) -> regime -> its entries by increasing n."""
+    """panel (what fixes a curve besides regime and n: the varying axes, and any other config key that differs,
+    such as task.latent) -> regime -> its entries by increasing n."""
     axes = [axis for axis in report.ignition_varying if axis not in (BUDGET_AXIS, "config")]
-    keyed = [(context(e.key, axes), _without_budget(e), e) for e in report.ignition]
-    designs = defaultdict(set)
-    for label, design, _ in keyed:
-        designs[label].add(design)
+    keyed = [(context(e.key, axes), _budget_design(e), e) for e in report.ignition]
+    designs: dict[str, list[dict]] = defaultdict(list)
+    for label, pre_ttt, _ in keyed:
+        if pre_ttt not in designs[label]:
+            designs[label].append(pre_ttt)
     curves: dict[str, dict[str, list[Ignition]]] = defaultdict(lambda: defaultdict(list))
-    for label, design, entry in keyed:
-        panel = ", ".join(filter(None, [label, f"config {design[:8]}" if len(designs[label]) > 1 else ""]))
-        curves[panel][entry.key["regime"]].append(entry)
+    for label, pre_ttt, entry in keyed:
+        values = [
+            f"{key}={json.loads(pre_ttt[key]) if key in pre_ttt else 'unset'}" for key in differing(designs[label])
+        ]
+        curves[", ".join(filter(None, [label, *values]))][entry.key["regime"]].append(entry)
     for regimes in curves.values():
         for entries in regimes.values():
             entries.sort(key=lambda e: e.key[BUDGET_AXIS])

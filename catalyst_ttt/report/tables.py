@@ -3,7 +3,6 @@ numbers right-aligned, and rows with nothing to say left to one line of text els
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 
@@ -16,6 +15,8 @@ from catalyst_ttt.report.study import (
     ScoredHypothesis,
     access_class,
     axis_value,
+    differing,
+    flat,
     interval,
     mean_of,
     mean_probes,
@@ -83,14 +84,16 @@ def ignition_table(entries: list[Ignition], axes: list[str], budget: bool = Fals
 
 
 def probes_table(curves: dict[str, list[Ignition]]) -> str:
-    """Probe means per regime and catalyst.n, for one panel of the budget curves."""
+    """Probe means per regime and catalyst.n, for one panel of the budget curves; a probe no cell recorded
+    gets no column."""
+    means = [(regime, entry, mean_probes(entry)) for regime, entries in sorted(curves.items()) for entry in entries]
+    recorded = [name for name in PROBE_COLUMNS if any(name in probes for _, _, probes in means)]
     rows = [
-        [regime, str(entry.key[BUDGET_AXIS]), *(_probe(mean_probes(entry), name) for name in PROBE_COLUMNS)]
-        for regime, entries in sorted(curves.items())
-        for entry in entries
+        [regime, str(entry.key[BUDGET_AXIS]), *(_probe(probes, name) for name in recorded)]
+        for regime, entry, probes in means
     ]
-    header = ["regime", "n", *PROBE_COLUMNS.values()]
-    return table(header, rows, {"n", *PROBE_COLUMNS.values()})
+    header = ["regime", "n", *(PROBE_COLUMNS[name] for name in recorded)]
+    return table(header, rows, set(header) - {"regime"})
 
 
 def _probe(probes: dict[str, float], name: str) -> str:
@@ -280,26 +283,13 @@ def hypotheses_table(hypotheses: list[ScoredHypothesis]) -> str:
     return table(["id", "claim", "verdict", "evidence", "rule"], rows)
 
 
-def _flat(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        return {k: v for key, value_ in node.items() for k, v in _flat(value_, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: json.dumps(node)}
-
-
 def config_differences(results: list[dict]) -> dict[str, list[str]]:
     """design hash -> its `key=value`s for the keys that tell apart configs of the same axes."""
-    flat: dict[str, dict] = {}
+    flats: dict[str, dict] = {}
     by_axes: dict[str, set[str]] = defaultdict(set)
     for result in results:
         config, key = result.get("config", {}), group_key(result)
-        flat.setdefault(key["config"], _flat(design(config)))
+        flats.setdefault(key["config"], flat(design(config)))
         by_axes[repr({k: v for k, v in key.items() if k != "config"})].add(key["config"])
-    differing = sorted(
-        {
-            k
-            for hashes in by_axes.values()
-            for k in {k for h in hashes for k in flat[h]}
-            if len({flat[h].get(k) for h in hashes}) > 1
-        }
-    )
-    return {h: [f"{k}={values.get(k, 'unset')}" for k in differing] for h, values in flat.items()}
+    keys = sorted({k for hashes in by_axes.values() for k in differing([flats[h] for h in hashes])})
+    return {h: [f"{k}={values.get(k, 'unset')}" for k in keys] for h, values in flats.items()}
