@@ -279,8 +279,9 @@ def report(
 
     Example: cttt report --from docs/results/default/results.jsonl
     """
-    from catalyst_ttt.report import REPORT_HTML, REPORT_MD, build, from_store, read_file, write_report
+    from catalyst_ttt.report import build, from_store, read_file
     from catalyst_ttt.report.answer import headline
+    from catalyst_ttt.report.page import REPORT_HTML, REPORT_MD, write_report
     from catalyst_ttt.report.terminal import summary
     from catalyst_ttt.report.wandb_run import log_to_wandb
     from catalyst_ttt.results import sweep_dir

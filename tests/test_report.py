@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from catalyst_ttt.metrics.statistics import BASES, REPLICATES, format_p
-from catalyst_ttt.report import build, from_store, write_report
+from catalyst_ttt.report import build, from_store
 from catalyst_ttt.report.answer import headline, ignition_findings, ttt_findings
-from catalyst_ttt.report.page import markdown
+from catalyst_ttt.report.page import markdown, write_report
 from catalyst_ttt.report.tables import variance_table
 from catalyst_ttt.results import GRID, write_json
 from catalyst_ttt.sweep import SWEEPS_DIR, load_sweep, record_grid

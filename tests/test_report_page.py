@@ -4,6 +4,8 @@ the hypotheses hook, and what `cttt status` prints at 80 columns."""
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +15,10 @@ from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.report import RESULTS_FILE, build, from_store, read_file, write_report
+from catalyst_ttt.report import RESULTS_FILE, build, from_store, read_file
 from catalyst_ttt.report.appendix import REPOSITORY, link
 from catalyst_ttt.report.loading import compact, expand
-from catalyst_ttt.report.page import markdown, slug, to_html
+from catalyst_ttt.report.page import markdown, slug, to_html, write_report
 from catalyst_ttt.report.plots import palette
 from catalyst_ttt.results import GRID, write_json
 from helpers.fakes import fake_result, write_store
@@ -251,3 +253,12 @@ def test_the_report_run_is_logged_to_wandb(tmp_path, monkeypatch):
         (group.stats["gain"].mean, group.stats["gain"].low, group.stats["gain"].high)
     )
     assert row["p_within"] == pytest.approx(group.adjusted["within"])
+
+
+def test_the_answer_tables_and_status_load_no_plotting():
+    probe = (
+        "import sys; import catalyst_ttt.report.answer, catalyst_ttt.report.tables, catalyst_ttt.report.terminal; "
+        "print('matplotlib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

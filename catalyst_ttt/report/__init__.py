@@ -7,20 +7,12 @@ that carry it, and `results.jsonl`, the per-cell data that rebuilds the page alo
     tables    Markdown tables;  terminal: what `cttt status` / `cttt report` print
     plots     the pictures;  page: report.md and report.html;  appendix: provenance, design, rule
     wandb_run the report as a W&B run
+
+`page` is imported where a page is written, not here: the answer, the tables and `cttt status` never load
+matplotlib.
 """
 
 from catalyst_ttt.report.loading import RESULTS_FILE, Cells, from_store, read_file
-from catalyst_ttt.report.page import REPORT_HTML, REPORT_MD, write_report
 from catalyst_ttt.report.study import Report, build
 
-__all__ = [
-    "RESULTS_FILE",
-    "REPORT_HTML",
-    "REPORT_MD",
-    "Cells",
-    "Report",
-    "build",
-    "from_store",
-    "read_file",
-    "write_report",
-]
+__all__ = ["RESULTS_FILE", "Cells", "Report", "build", "from_store", "read_file"]
