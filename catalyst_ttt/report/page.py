@@ -122,9 +122,10 @@ def ignition_section(report: Report, plots: dict[str, str]) -> Section:
         lines += [f"**{panel or 'Ignition by budget'}**", "", tables.ignition_table(entries, [], budget=True), ""]
     lines += [
         "Probes of each catalyst checkpoint (means over replicates; docs/metrics.md): skill = greedy accuracy on "
-        "held-out single-op items before (base) and after (start) the catalyst; format rate = id completions that "
-        "parse with the expected steps; `X trace → trace / gold` = share of answers, written after a teacher-forced "
-        "X trace, equal to that trace's own answer / to the gold answer.",
+        "held-out single-op items before (base) and after (start) the catalyst; latent = greedy accuracy on the id "
+        "problems asked in the direct form the base learnt them in, where the task has one; format rate = id "
+        "completions that parse with the expected steps; `X trace → trace / gold` = share of answers, written after "
+        "a teacher-forced X trace, equal to that trace's own answer / to the gold answer.",
         "",
     ]
     for panel, curves in budget_curves(report).items():

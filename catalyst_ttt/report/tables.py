@@ -31,6 +31,8 @@ from catalyst_ttt.report.study import (
 PROBE_COLUMNS = {
     "skill/base": "skill base",
     "skill/start": "skill start",
+    "latent/base": "latent base",
+    "latent/start": "latent start",
     "format/start": "format rate",
     "trace/gold/gold_answer": "gold trace → gold",
     "trace/donor/follows_trace": "donor trace → trace",
