@@ -7,29 +7,39 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, did_you_mean
 
 app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Catalyst data regimes x test-time training signals, measured.",
+    rich_markup_mode=None,  # plain help: fits 80 columns, and a flag is not shown as taking a <bool>
+    help="Catalyst data regimes x test-time training signals, measured. Example: cttt sweep default --jobs 2",
 )
 console = Console()
 err_console = Console(stderr=True)
-OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
+OVERRIDES = typer.Argument(
+    None, metavar="OVERRIDES", help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20"
+)
+SWEEP_NAME = typer.Argument("default", metavar="SWEEP", help="a sweep: sweeps/SWEEP.yaml (cttt list)")
+RUNS_DIR = typer.Option("runs", "--runs-dir", metavar="DIR", help="where the results store is")
+RESULTS_FROM = typer.Option(
+    None,
+    "--from",
+    metavar="RESULTS.JSONL",
+    help="rebuild the report from a results.jsonl alone, beside it (no results store, no W&B run)",
+)
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
-SUMMARY_TITLE = (
-    "regime x signal — id greedy accuracy, mean [95% bootstrap] over replicates († gold, ‡ perfect verifier)"
-)
 
 
 def _quiet_libraries() -> None:
@@ -45,6 +55,16 @@ def _quiet_libraries() -> None:
     # Only the libraries' own advice is silenced; a warning from this package or the user's code shows.
     warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARIES)
     warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
+
+
+def reject_options(ctx: typer.Context, overrides: list[str] | None) -> None:
+    """A mistyped flag (`--dryrun`) would reach Hydra as an override it cannot parse: name it instead."""
+    for arg in overrides or []:
+        if arg.startswith("-"):
+            flag = arg.split("=")[0]
+            known = sorted({o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o[:2] == "--"})
+            known.append("--help")
+            raise UserError(f"no such option {flag!r}{did_you_mean(flag, known)} options: {', '.join(known)}")
 
 
 def user_errors(command):
@@ -68,15 +88,22 @@ def user_errors(command):
 @app.command(context_settings=PASS_THROUGH)
 @user_errors
 def run(
+    ctx: typer.Context,
     overrides: Optional[list[str]] = OVERRIDES,
-    show: Optional[str] = typer.Option(None, "--cfg", help="print the composed config and run nothing: job"),
+    show: Optional[str] = typer.Option(
+        None, "--cfg", metavar="job", help="print the composed config and run nothing (the one value: job)"
+    ),
 ) -> None:
-    """Run one cell: base -> catalyst -> ttt -> eval."""
+    """Run one cell: base -> catalyst -> ttt -> eval.
+
+    Example: cttt run regime=swapped signal=process seed=1
+    """
     from omegaconf import OmegaConf
 
     from catalyst_ttt.config import compose_cell
     from catalyst_ttt.results import check_directory
 
+    reject_options(ctx, overrides)
     if show not in (None, "job"):
         raise UserError(f"--cfg {show} is not valid; valid: job")
     cfg = compose_cell(list(overrides or []))
@@ -118,18 +145,23 @@ def _print_cell(result: dict) -> None:
 @app.command(context_settings=PASS_THROUGH)
 @user_errors
 def sweep(
-    name: str = typer.Argument("default", help="sweeps/NAME.yaml"),
+    ctx: typer.Context,
+    name: str = SWEEP_NAME,
     overrides: Optional[list[str]] = OVERRIDES,
-    jobs: int = typer.Option(1, "--jobs", "-j", help="cells run in parallel on this machine (joblib)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="cells run in parallel on this machine (joblib)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, what is done and cached; run nothing"),
     max_cells: Optional[int] = typer.Option(
         None, "--max-cells", help="the largest grid to run (default 1000: a guard against range(0,100000))"
     ),
 ) -> None:
-    """Run a sweep as a Hydra multirun; finished cells are skipped."""
+    """Run a sweep as a Hydra multirun; finished cells are skipped.
+
+    Example: cttt sweep default seed=0 base.seed=0 --jobs 2
+    """
     from catalyst_ttt import sweep as sweeps
     from catalyst_ttt.results import COMPLETE, check_directory
 
+    reject_options(ctx, overrides)
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
     if max_cells is not None and max_cells < 1:
@@ -154,36 +186,65 @@ def sweep(
 
 
 def _print_plan(sweep, cells) -> None:
+    """One row per cell: its axis values (an axis with one value goes to the title), state, and what it still
+    needs (checkpoints.plan: the pipeline's own keys, damaged checkpoints never called cached)."""
+    from omegaconf import OmegaConf
+
     from catalyst_ttt.checkpoints import plan
+    from catalyst_ttt.config import GROUPS
     from catalyst_ttt.results import COMPLETE
 
-    table = Table(title=f"sweep {sweep.name}: {len(cells)} cells")
-    for column in ("cell", "state", "base", "catalyst", "ttt"):
+    def value(cfg, key: str) -> str:
+        return str(cfg[key].name if key in GROUPS else OmegaConf.select(cfg, key))
+
+    values: dict[str, set[str]] = {}  # every value an axis takes in any block
+    for axes in sweep.blocks:
+        for key, options in axes.items():
+            values.setdefault(key, set()).update(options)
+    varying = [key for key, seen in values.items() if len(seen) > 1]
+    fixed = [f"{key}={next(iter(seen))}" for key, seen in values.items() if len(seen) == 1]
+    table = Table(
+        title=f"sweep {sweep.name}: {len(cells)} cells" + (f" ({', '.join(fixed)})" if fixed else ""),
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    leaves = [key.split(".")[-1] for key in varying]
+    for key, leaf in zip(varying, leaves):
+        table.add_column(leaf if leaves.count(leaf) == 1 else key)  # catalyst.n -> n, but base.seed beside seed
+    for column in ("state", "base", "catalyst", "ttt"):
         table.add_column(column)
     for cell in cells:
         steps = plan(cell.config)
-        table.add_row(cell.id, cell.state(), steps.base, steps.catalyst, steps.ttt)
+        table.add_row(
+            *(value(cell.config, key) for key in varying), cell.state(), steps.base, steps.catalyst, steps.ttt
+        )
     console.print(table)
     done = sum(c.state() in COMPLETE for c in cells)
-    console.print(f"{done}/{len(cells)} cells done; axes: {sweep.describe_axes()}")
+    console.print(f"{done}/{len(cells)} cells done; axes: {sweep.describe_axes()}", highlight=False)
 
 
 @app.command()
 @user_errors
-def status(
-    name: str = typer.Argument("default", help="the sweep"),
-    runs_dir: str = typer.Option("runs", help="where the results store is"),
-) -> None:
-    """Cells done / running / failed and the per-group summary, from the results store."""
-    from catalyst_ttt import sweep as sweeps
-    from catalyst_ttt.metrics.aggregate import aggregate, rule_of
-    from catalyst_ttt.report import summary_table
-    from catalyst_ttt.results import cell_dirs, read_store
+def status(name: str = SWEEP_NAME, runs_dir: str = RUNS_DIR) -> None:
+    """Cells done, running or failed, and the verdicts so far.
 
+    Example: cttt status default
+    """
+    from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.report.loading import missing_sweep
+    from catalyst_ttt.report.terminal import summary_of
+    from catalyst_ttt.results import cell_dirs, read_store, sweep_dir
+
+    known = name in sweeps.available_sweeps()
+    if not sweep_dir(runs_dir, name).is_dir():
+        if not known:
+            raise missing_sweep(runs_dir, name)
+        _print_unrun(sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]))
+        return
     store = read_store(runs_dir, name)
     results = store.results
     states = {}
-    if name in sweeps.available_sweeps():
+    if known:
         for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
             states[cell.id] = cell.state()
     for cell in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
@@ -202,63 +263,101 @@ def status(
             console.print(f"  {state:<20} {cell}", highlight=False)
     for path in store.corrupt:
         console.print(f"  {'damaged, left out':<20} {path}", highlight=False, markup=False, soft_wrap=True)
-    console.print(summary_table(aggregate(results, rule_of(results)), SUMMARY_TITLE))
+    for renderable in summary_of(name, results):
+        console.print(renderable)
+
+
+def _print_unrun(sweep) -> None:
+    """`cttt status` before the first cell of a sweep: its plan, and how to run it."""
+    cells = sweep.cells()
+    console.print(f"sweep [bold]{sweep.name}[/bold]: 0 of {len(cells)} cells done (nothing has run yet)")
+    console.print(f"  axes: {sweep.describe_axes()}", highlight=False)
+    console.print(f"run it: cttt sweep {sweep.name}    grid and cache: cttt sweep {sweep.name} --dry-run")
 
 
 @app.command()
 @user_errors
 def report(
-    name: str = typer.Argument("default", help="the sweep"),
-    runs_dir: str = typer.Option("runs", help="where the results store is"),
+    name: Optional[str] = typer.Argument(None, metavar="SWEEP", help="a sweep (default: default)"),
+    runs_dir: str = RUNS_DIR,
+    source: Optional[Path] = RESULTS_FROM,
     open_html: bool = typer.Option(False, "--open", help="open report.html in a browser"),
     wandb_log: bool = typer.Option(True, "--wandb/--no-wandb", help="also log the report as a W&B run"),
 ) -> None:
-    """Tables, plots and a generated answer from a sweep's results store."""
-    from catalyst_ttt.report import build_report, log_to_wandb, summary_table, write_report
+    """Write a sweep's report, plots and per-cell results.jsonl.
 
-    result = build_report(runs_dir, name)
+    Example: cttt report --from docs/results/default/results.jsonl
+    """
+    from catalyst_ttt.report import build, from_store, read_file
+    from catalyst_ttt.report.answer import headline
+    from catalyst_ttt.report.page import REPORT_HTML, REPORT_MD, write_report
+    from catalyst_ttt.report.terminal import summary
+    from catalyst_ttt.report.wandb_run import log_to_wandb
+    from catalyst_ttt.results import sweep_dir
+
+    if source is not None:
+        cells = read_file(source)
+        if name and name != cells.sweep:
+            raise UserError(f"{source} holds sweep {cells.sweep!r}, not {name!r}")
+        directory = source.parent
+    else:
+        cells = from_store(runs_dir, name or "default")
+        directory = sweep_dir(runs_dir, cells.sweep) / "report"
+    result = build(cells)
     _quiet_libraries()
-    directory = write_report(result, runs_dir)
-    console.print(summary_table(result.groups, SUMMARY_TITLE))
+    plots = write_report(result, directory)
+    for renderable in summary(result):
+        console.print(renderable)
     console.print("[bold]The answer[/bold]")
-    for sentence in result.answer:
-        console.print(f"- {sentence}", highlight=False)
-    console.print(f"report: {directory / 'report.md'}  {directory / 'report.html'}")
-    if wandb_log:
-        offline = log_to_wandb(result)
+    for line in headline(result):
+        console.print(f"- {line}", highlight=False)
+    console.print(f"report: {directory / REPORT_MD}  {directory / REPORT_HTML}", highlight=False, soft_wrap=True)
+    if wandb_log and source is None:
+        offline = log_to_wandb(result, plots, directory)
         if offline:
-            console.print(f"W&B report run (offline): wandb sync {offline}")
+            console.print(f"W&B report run (offline): wandb sync {offline}", highlight=False, soft_wrap=True)
     if open_html:
         import webbrowser
 
-        webbrowser.open((directory / "report.html").resolve().as_uri())
+        webbrowser.open((directory / REPORT_HTML).resolve().as_uri())
 
 
 @app.command("list")
 @user_errors
 def list_units() -> None:
-    """The registered tasks, regimes, signals, models and sweeps."""
+    """The registered tasks, regimes, models, sweeps and signals.
+
+    Example: cttt list
+    """
     from catalyst_ttt.config import CONF_DIR
     from catalyst_ttt.regimes import REGIMES
     from catalyst_ttt.signals import SIGNALS
-    from catalyst_ttt.sweep import available_sweeps
+    from catalyst_ttt.sweep import available_sweeps, sweep_description
     from catalyst_ttt.tasks import TASKS
 
-    table = Table(title="catalyst-ttt")
-    table.add_column("kind")
-    table.add_column("names")
-    table.add_row("task", ", ".join(TASKS.names()))
-    table.add_row("regime", ", ".join(REGIMES.names()))
-    table.add_row("model", ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))))
-    table.add_row("sweep", ", ".join(available_sweeps()))
-    console.print(table)
-    signals = Table(title="signals")
-    for column in ("signal", "trainer", "access", "what it rewards"):
-        signals.add_column(column)
+    units = _named_rows()
+    units.add_row("tasks", ", ".join(TASKS.names()))
+    units.add_row("regimes", ", ".join(REGIMES.names()))
+    units.add_row("models", ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))))
+    console.print(units)
+    sweeps = _named_rows()
+    for name in available_sweeps():
+        sweeps.add_row(name, sweep_description(f"{name}.yaml"))
+    console.print("\n[bold]sweeps[/bold] (cttt sweep NAME)", sweeps)
+    signals = _named_rows()
     for name in SIGNALS.names():
         signal = SIGNALS.get(name)
-        signals.add_row(name, signal.trainer or "-", signal.access_note(), signal.description)
-    console.print(signals)
+        signals.add_row(name, f"[italic]{signal.trainer or 'no training'}; {signal.access_note()}[/italic]")
+        signals.add_row("", signal.description)
+    console.print("\n[bold]signals[/bold] (signal=NAME; trainer; access)", signals)
+
+
+def _named_rows() -> Table:
+    """Two columns, a name and its text wrapped to the terminal's width: readable at 80 columns."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
 
 
 def main() -> None:

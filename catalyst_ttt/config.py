@@ -27,7 +27,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from catalyst_ttt.anchors import anchor_parts, check_anchor
 from catalyst_ttt.device import check_device_options
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, unknown_name
 from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.results import check_directory
@@ -203,7 +203,7 @@ def _missing_option_message(err: MissingConfigException) -> str:
     if group in GROUPS:
         listed = err.options or group_options(group)
         options = [o for o in listed if not o.endswith(SCHEMA_SUFFIX)]  # schemas are not options to pick
-        return f"unknown {group} {name!r}; valid: {', '.join(options)}"
+        return unknown_name(group, name, options)
     return _first_line(err)
 
 

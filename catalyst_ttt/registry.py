@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-from catalyst_ttt.errors import UserError
+from catalyst_ttt.errors import UserError, unknown_name
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise UserError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+            raise UserError(unknown_name(self.kind, name, self.names()))
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -45,7 +45,7 @@ from catalyst_ttt.config import (
     parse_overrides,
     shipped_dir,
 )
-from catalyst_ttt.errors import UserError, first_line, read_user_text
+from catalyst_ttt.errors import UserError, first_line, read_user_text, unknown_name
 from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_atomic, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
@@ -121,6 +121,16 @@ def available_sweeps() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
+def sweep_description(file_name: str) -> str:
+    """The `description` of sweeps/FILE_NAME on one line ("" where there is none)."""
+    path = SWEEPS_DIR / file_name
+    try:
+        spec = yaml.safe_load(read_user_text(path)) if path.is_file() else None
+    except (yaml.YAMLError, UserError):
+        spec = None  # load_sweep says what is wrong with it when the sweep is run
+    return " ".join(str(spec.get("description") or "").split()) if isinstance(spec, dict) else ""
+
+
 def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     """The sweep file plus command-line overrides, read with Hydra's override grammar: a sweep
     (`a,b`, `range(0,3)`, `choice(...)`, `glob(...)`) sets that axis, a value fixes it. A grid of more
@@ -128,7 +138,7 @@ def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None, max
     check_name(name, "sweep")
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.exists():
-        raise UserError(f"unknown sweep {name!r}; valid: {', '.join(available_sweeps())}")
+        raise UserError(unknown_name("sweep", name, available_sweeps()))
     try:
         spec = yaml.safe_load(read_user_text(path)) or {}
     except yaml.YAMLError as err:

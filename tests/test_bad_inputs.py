@@ -167,6 +167,15 @@ OVERRIDES = [
     (["sweep", "smoke", "--dry-run", "seed=range(0,100000)"], "more than --max-cells 1000 cells (regime 2 x signal"),
     (["sweep", "smoke", "--dry-run", "--max-cells", "3"], "more than --max-cells 3 cells (regime 2 x signal 2)"),
     (["sweep", "smoke", "--dry-run", "--max-cells", "0"], "--max-cells 0 is not valid; it must be >= 1"),
+    # near misses are named, and a mistyped flag never reaches Hydra's override parser
+    (["run", "regime=corect"], "unknown regime 'corect'; did you mean 'correct'? valid: answer_only, correct"),
+    (["run", "signal=majorty"], "unknown signal 'majorty'; did you mean 'majority'? valid:"),
+    (["run", "task=alchemi"], "unknown task 'alchemi'; did you mean 'alchemy'? valid: alchemy, arith, gsm8k"),
+    (["sweep", "defualt"], "unknown sweep 'defualt'; did you mean 'default'? valid: anchor"),
+    (["sweep", "smoke", "--dryrun"], "no such option '--dryrun'; did you mean '--dry-run'? options: --dry-run"),
+    (["run", "--cgf", "job"], "no such option '--cgf'; did you mean '--cfg'?"),
+    (["report", "defualt"], "no results for sweep 'defualt' in runs; did you mean 'default'?"),
+    (["status", "defualt"], "no results for sweep 'defualt' in runs; did you mean 'default'?"),
 ]
 
 

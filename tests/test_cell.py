@@ -45,6 +45,7 @@ def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
     assert offline.config["regime"]["name"] == "correct"
     rewards = offline.series("ttt/reward")
     assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
+    assert [row["ttt/reward"] for row in result["ttt_log"] if "ttt/reward" in row] == rewards  # kept for the report
     assert offline.series("ttt/step")
     assert result["probes"] and all(offline.summary[f"probes/{k}"] == v for k, v in result["probes"].items())
     for split, metrics in result["metrics"].items():
@@ -71,12 +72,16 @@ def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
     assert offline.series("traj/id/acc") == [row["id"]["acc"] for row in trajectory]
 
 
+def _untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.endswith(("step_time", "runtime", "per_second"))}
+
+
 def _comparable(result: dict) -> dict:
     """A result less what may differ between identical runs: timings, paths, host, W&B directory."""
     config = {k: v for k, v in result["config"].items() if k not in ("runs_dir", "cache_dir")}
-    ttt = {k: v for k, v in result["ttt"].items() if not k.endswith(("step_time", "runtime", "per_second"))}
-    kept = {k: v for k, v in result.items() if k not in ("timing", "config", "host", "wandb_dir", "ttt")}
-    return kept | {"config": config, "ttt": ttt}
+    dropped = ("timing", "config", "host", "wandb_dir", "ttt", "ttt_log")
+    kept = {k: v for k, v in result.items() if k not in dropped}
+    return kept | {"config": config, "ttt": _untimed(result["ttt"]), "ttt_log": list(map(_untimed, result["ttt_log"]))}
 
 
 def test_the_whole_result_repeats_for_a_seed_and_changes_with_it(tiny, tmp_path):

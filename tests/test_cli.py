@@ -11,7 +11,7 @@ from catalyst_ttt.cli import app
 from catalyst_ttt.config import CONF_DIR
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.signals import SIGNALS
-from catalyst_ttt.sweep import available_sweeps
+from catalyst_ttt.sweep import available_sweeps, sweep_description
 from catalyst_ttt.tasks import TASKS
 from helpers.cells import cttt
 
@@ -25,17 +25,22 @@ def test_bad_input_from_a_real_terminal_has_no_traceback(tmp_path):
     assert "Traceback" not in done.stdout
 
 
-def test_list_names_every_registered_unit():
-    done = CliRunner().invoke(app, ["list"], terminal_width=300)
+def test_list_names_every_registered_unit_with_its_description():
+    done = CliRunner().invoke(app, ["list"], terminal_width=80, env={"COLUMNS": "80"})
     assert done.exit_code == 0
     models = [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]
     names = [*TASKS.names(), *REGIMES.names(), *SIGNALS.names(), *models, *available_sweeps()]
     assert len(names) >= 25
     for name in names:
         assert name in done.stdout, name
-    for name in SIGNALS.names():  # each signal's access class is shown on its row
-        row = next(line for line in done.stdout.splitlines() if line.startswith(f"│ {name} "))
-        assert SIGNALS.get(name).access_note().split(" (")[0] in row, row
+    lines = done.stdout.splitlines()
+    for name in SIGNALS.names():  # each signal's trainer and access class lead its row
+        row = next(line for line in lines if line.startswith(f"{name} "))
+        signal = SIGNALS.get(name)
+        assert f"{signal.trainer or 'no training'}; {signal.access_note().split(' (')[0]}" in row, row
+    flat = " ".join(done.stdout.split())
+    for name in available_sweeps():  # every sweep with its description, unabridged
+        assert f"{name} {sweep_description(name + '.yaml')}" in flat, name
 
 
 def test_run_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path, monkeypatch):
@@ -89,3 +94,12 @@ def test_no_group_yaml_repeats_a_default_of_its_schema():
             continue
         keys = set(yaml.safe_load(path.read_text()) or {}) - {"defaults", "name", "kind"}
         assert not keys, f"{path.relative_to(CONF_DIR)} repeats {sorted(keys)}"
+
+
+def test_every_command_helps_with_one_example_at_80_columns():
+    for command in ("run", "sweep", "status", "report", "list"):
+        done = CliRunner().invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert done.exit_code == 0, done.output
+        assert done.output.count("Example: cttt ") == 1, command
+        assert "<bool>" not in done.output  # a flag takes no value
+        assert max(len(line) for line in done.output.splitlines()) <= 80, command

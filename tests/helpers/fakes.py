@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 
 from catalyst_ttt.config import NON_SEMANTIC, config_hash
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
 from catalyst_ttt.results import TRAJECTORY, write_json
+from catalyst_ttt.schema import StabilityConfig
 
-RULE = {"max_drop": 0.05, "max_drawdown": 0.1, "max_seed_std": 0.1, "max_collapse": 0.25}
+RULE = asdict(StabilityConfig())
 
 
 def correct_items(accuracy: float, items: int, offset: int = 0) -> list[int]:
@@ -40,7 +42,8 @@ def fake_result(
     trajectory_items: int = 32,
     collapse: float = 0.0,
     step_validity: tuple[float, float] = (0.5, 0.5),
-    ig: float = 1.0,
+    ig: float | None = 1.0,
+    ig_acc_corr: float | None = None,
     status: str = "done",
     task: str = "alchemy",
     catalyst_n: int = 256,
@@ -49,12 +52,14 @@ def fake_result(
     ttt_log: list[dict] = (),
     config: dict | None = None,
     probes: dict | None = None,
+    ttt: dict | None = None,
 ) -> dict:
     """One cell. Item lists: the first round(acc * items) items are right in every arm, so accuracies are
     exact and every discordant pair points one way. `trajectory`: accuracies at steps 0, 5, 10, ...
     (default: start then final at the last step); stab/* is computed from it on `trajectory_items` items,
-    the early warning from `ttt_log` (the tracker's per-step rows). `config` overrides keys of the config
-    (e.g. {"ttt": {"steps": 1}})."""
+    the early warning from `ttt_log` (the tracker's per-step rows, kept as `ttt_log`). `ig` None: the cell wrote
+    no trace to score. `ttt`: the TTT diagnostics' means. `config` overrides keys of the config (e.g.
+    {"ttt": {"steps": 1}}). Status `gated`: stopped before TTT at its floor (pre-TTT records only)."""
     cfg = _merge(
         {
             "task": {"name": task},
@@ -126,7 +131,8 @@ def fake_result(
         "stab": stab
         | early_warning(stab["stab/collapse_step"], list(ttt_log))
         | {"stab/collapse": collapse, "stab/diversity": 1.0},
-        "ig": {"ig/total": ig},
+        "timing": {"ttt_s": 2.0, "total_s": 10.0},
+        "ig": {"ig/total": ig} | ({"ig/acc_corr": ig_acc_corr} if ig_acc_corr is not None else {}),
         # the reader's calibration row: gold traces informative, corruptions less so
         "ig_calibration": {"correct": 0.8, "swapped": 0.1, "illogical": -0.2, "corrupted": -0.5},
         "trajectory": [
@@ -138,7 +144,16 @@ def fake_result(
         result["access"] = access
     if probes is not None:
         result["probes"] = probes
-    if status != "done":
+    if ttt_log:
+        result["ttt_log"] = list(ttt_log)
+    if ttt is not None:
+        result["ttt"] = ttt
+    if status == "gated":
+        for key in ("metrics", "stab", "ig", "ig_calibration", "trajectory", "ttt_log", "ttt"):
+            result.pop(key, None)
+        result["items"] = {"id": {"base": arms["base"], "start": arms["start"]}}
+        result["gate"] = {"p": 1.0, "start": accuracy["start"], "base": accuracy["base"]}
+    elif status != "done":
         for key in ("metrics", "stab", "ig", "ig_calibration", "items", "trajectory"):
             result.pop(key)
         result["error"] = "RuntimeError: injected" if status == "failed" else "NaN reward at step 3"
