@@ -62,12 +62,24 @@ class Hypothesis:
 
 @dataclass
 class Score:
-    """One hypothesis scored for one value of its `per` axis (or for the whole study)."""
+    """One hypothesis scored for one value of its `per` axis (or for the whole study): a row of the report."""
 
     hypothesis: Hypothesis
     part: str | None  # the `per` value, or None
     verdict: str
     evidence: str
+
+    @property
+    def id(self) -> str:
+        return self.hypothesis.id + (f" ({self.hypothesis.per}={self.part})" if self.part is not None else "")
+
+    @property
+    def claim(self) -> str:
+        return " ".join(self.hypothesis.claim.split())
+
+    @property
+    def rule(self) -> str:
+        return f"{self.hypothesis.rule}: {RULES[self.hypothesis.rule]}"
 
 
 def parse(spec: dict | None, where: str) -> list[Hypothesis]:
@@ -97,6 +109,24 @@ def fingerprint(spec: dict | None) -> str | None:
     if not spec:
         return None
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def registered_scores(grid: dict | None, analysis: Analysis, ig_readable: bool) -> tuple[list[Score], str | None]:
+    """The hypotheses the study registered at its first launch (recorded in grid.json by `cttt sweep`),
+    scored; and a warning when the study file's hypotheses differ from them now."""
+    grid = grid or {}
+    registered = (grid.get("registered_hypotheses") or {}).get("hypotheses")
+    current = grid.get("hypotheses")
+    if not (registered or current):
+        return [], None
+    warning = None
+    if registered and fingerprint(current) != fingerprint(registered):
+        warning = (
+            "the study file's hypotheses were edited after its first launch "
+            f"(registered {fingerprint(registered)}, now {fingerprint(current) or 'none'}): "
+            "the hypotheses registered before any cell ran are scored here"
+        )
+    return score(parse(registered or current, "the recorded grid"), analysis, ig_readable), warning
 
 
 def score(hypotheses: list[Hypothesis], analysis: Analysis, ig_readable: bool = True) -> list[Score]:

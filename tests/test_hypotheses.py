@@ -94,3 +94,39 @@ def test_the_first_launch_registers_the_hypotheses_and_never_overwrites_them(tmp
     record_grid(sweep, cells)
     assert (tmp_path / "question" / HYPOTHESES).read_text() == registered
     assert fingerprint(edited) != fingerprint(load_sweep("question", []).hypotheses)
+
+
+def test_the_report_scores_the_registered_hypotheses_and_flags_edits(tmp_path):
+    """A study's hypotheses are fixed at its first launch: the report scores those, and says so when the
+    study file's hypotheses changed later; a rebuild from results.jsonl says the same."""
+    from catalyst_ttt.report import build, from_store
+    from catalyst_ttt.report.loading import read_file, write_file
+    from catalyst_ttt.report.page import markdown as page
+    from catalyst_ttt.results import GRID, write_json
+    from helpers.fakes import fake_result, write_store
+
+    results = [fake_result("correct", "majority", 0, 0.8, 0.8, base=0.0, base_seed=b) for b in range(3)]
+    write_store(tmp_path, "hand", results)
+    registered = {
+        "H2": {"claim": "Majority voting keeps TTT stable.", "rule": "stable", "where": {"signal": ["majority"]}}
+    }
+    grid = {
+        "sweep": "hand",
+        "file": "hand.yaml",
+        "file_sha256": "0" * 64,
+        "cells": {r["cell"]: r["config_hash"] for r in results},
+        "hypotheses": registered,
+        "registered_hypotheses": {"fingerprint": fingerprint(registered), "hypotheses": registered},
+    }
+    write_json(tmp_path / "hand" / GRID, grid)
+    honest = build(from_store(tmp_path, "hand"))
+    assert [h.id for h in honest.hypotheses] == ["H2"] and honest.hypotheses_warning is None
+    assert "H2" in page(honest, {}, tmp_path).split("##")[1]  # the hypotheses open the page
+    edited = dict(registered, H2=dict(registered["H2"], claim="Majority voting always improves TTT."))
+    write_json(tmp_path / "hand" / GRID, grid | {"hypotheses": edited})
+    report = build(from_store(tmp_path, "hand"))
+    assert "edited after its first launch" in report.hypotheses_warning
+    assert report.hypotheses[0].claim == "Majority voting keeps TTT stable."  # the registered claim is scored
+    assert "edited after its first launch" in page(report, {}, tmp_path)
+    write_file(report.cells, tmp_path / "results.jsonl")
+    assert build(read_file(tmp_path / "results.jsonl")).hypotheses_warning == report.hypotheses_warning

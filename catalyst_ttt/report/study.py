@@ -8,8 +8,8 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
 
+from catalyst_ttt.hypotheses import Score, registered_scores
 from catalyst_ttt.metrics.aggregate import (
     ACCESS_CLASSES,
     MARKERS,
@@ -29,17 +29,6 @@ NO_TTT_CLASS = "no TTT"
 # Axes every table shows as columns; the others are shown only where they vary.
 SHOWN_AXES = ("regime", "signal", "reference", "config")
 BUDGET_AXIS = "catalyst_n"
-
-
-class ScoredHypothesis(Protocol):
-    """A hypothesis of the study file, scored against this report (catalyst_ttt/hypotheses.py fills
-    `Report.hypotheses` with them; the page shows them first, one row each)."""
-
-    id: str
-    claim: str
-    verdict: str
-    evidence: str
-    rule: str
 
 
 @dataclass
@@ -78,9 +67,9 @@ class Report:
     cells: Cells
     analysis: Analysis
     calibration: IGCalibration | None
-    # The study file's hypotheses, scored (empty until catalyst_ttt/hypotheses.py fills it), and the warning
-    # that they were edited after the study's first cell ran (None when they were not).
-    hypotheses: list[ScoredHypothesis] = field(default_factory=list)
+    # The study file's hypotheses as registered at its first launch, scored (hypotheses.registered_scores), and
+    # the warning that they were edited after that (None when they were not).
+    hypotheses: list[Score] = field(default_factory=list)
     hypotheses_warning: str | None = None
 
     @property
@@ -124,7 +113,10 @@ class Report:
 
 def build(cells: Cells) -> Report:
     analysis = analyse(cells.results, rule_of(cells.results))
-    return Report(cells, analysis, ig_calibration(cells.results))
+    calibration = ig_calibration(cells.results)
+    readable = calibration is not None and calibration.holds()
+    scores, warning = registered_scores(cells.grid, analysis, readable)
+    return Report(cells, analysis, calibration, scores, warning)
 
 
 def varying(keys: list[dict]) -> list[str]:

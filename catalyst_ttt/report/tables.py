@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from catalyst_ttt.hypotheses import Score
 from catalyst_ttt.metrics.aggregate import Group, Ignition, design, group_key, replicate_of, shift_splits
 from catalyst_ttt.metrics.statistics import format_p
 from catalyst_ttt.report.study import (
     BUDGET_AXIS,
     IGCalibration,
     Report,
-    ScoredHypothesis,
     access_class,
     axis_value,
     differing,
@@ -280,7 +280,7 @@ def warning_table(report: Report) -> str | None:
 # -- the study file's hypotheses and the appendix ----------------------------------------------
 
 
-def hypotheses_table(hypotheses: list[ScoredHypothesis]) -> str:
+def hypotheses_table(hypotheses: list[Score]) -> str:
     rows = [[str(h.id), h.claim, h.verdict, h.evidence, h.rule] for h in hypotheses]
     return table(["id", "claim", "verdict", "evidence", "rule"], rows)
 
