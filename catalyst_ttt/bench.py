@@ -458,13 +458,13 @@ SECTIONS = ("base", "cell", "overhead", "jobs", "study")
 
 
 def main(argv: list[str]) -> None:
-    from catalyst_ttt.cli import _quiet_libraries
+    from catalyst_ttt.quiet import quiet_libraries
 
     chosen = argv or list(SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown bench section {unknown[0]!r}; valid: {', '.join(SECTIONS)}")
-    _quiet_libraries()
+    quiet_libraries()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from catalyst_ttt.errors import UserError, did_you_mean
+from catalyst_ttt.quiet import quiet_libraries
 
 app = typer.Typer(
     add_completion=True,
@@ -39,22 +37,6 @@ RESULTS_FROM = typer.Option(
     help="rebuild the report from a results.jsonl alone, beside it (no results store, no W&B run)",
 )
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("hydra").setLevel(logging.WARNING)
-    # Only the libraries' own advice is silenced; a warning from this package or the user's code shows.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARIES)
-    warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
 
 
 def reject_options(ctx: typer.Context, overrides: list[str] | None) -> None:
@@ -112,7 +94,7 @@ def run(
         return
     check_directory(cfg.runs_dir, "runs_dir", writable=True)
     check_directory(cfg.cache_dir, "cache_dir", writable=True)
-    _quiet_libraries()
+    quiet_libraries()
     from catalyst_ttt.pipeline import run_cell
     from catalyst_ttt.training import training_progress
 
@@ -173,7 +155,7 @@ def sweep(
         return
     check_directory(cells[0].config.runs_dir, "runs_dir", writable=True)
     check_directory(cells[0].config.cache_dir, "cache_dir", writable=True)
-    _quiet_libraries()
+    quiet_libraries()
     console.print(f"sweep [bold]{name}[/bold]: {len(cells)} cells")
     counts = sweeps.launch(plan, cells, console)
     runs_dir = cells[0].config.runs_dir
@@ -304,7 +286,7 @@ def report(
         cells = from_store(runs_dir, name or "default")
         directory = sweep_dir(runs_dir, cells.sweep) / "report"
     result = build(cells)
-    _quiet_libraries()
+    quiet_libraries()
     plots = write_report(result, directory)
     for renderable in summary(result):
         console.print(renderable)

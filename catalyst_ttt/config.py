@@ -460,6 +460,7 @@ NOT_COMPUTING = (
     "hypotheses.py",
     "metrics/aggregate.py",
     "metrics/statistics.py",
+    "quiet.py",
     "report",
     "results.py",
     "simulation.py",

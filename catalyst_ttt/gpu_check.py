@@ -22,13 +22,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from catalyst_ttt.cli import _quiet_libraries
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import resolve_device
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.evaluation import generate
 from catalyst_ttt.models import load_pretrained
 from catalyst_ttt.pipeline import run_cell
+from catalyst_ttt.quiet import quiet_libraries
 from catalyst_ttt.tasks.gsm8k import synthetic_rows
 
 # Qwen's ChatML, without the system turn its own template adds.
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu", "auto"], default="cuda")
     parser.add_argument("overrides", nargs="*", help="cell overrides, applied last")
     args = parser.parse_intermixed_args()
-    _quiet_libraries()
+    quiet_libraries()
     try:
         report = run_check(args.out.absolute(), args.size, args.device, args.overrides)
     except UserError as err:  # e.g. no CUDA device: one line, exit 2, as `cttt` says it

@@ -46,6 +46,7 @@ from catalyst_ttt.config import (
     shipped_dir,
 )
 from catalyst_ttt.errors import UserError, first_line, read_user_text, unknown_name
+from catalyst_ttt.quiet import quiet_libraries
 from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_atomic, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
@@ -285,9 +286,10 @@ def _key(override: str) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_cell(cfg: DictConfig) -> str:
-    """The Hydra task function: one cell per job, whichever launcher runs it."""
+    """The Hydra task function: one cell per job, whichever launcher runs it (in a worker process too)."""
     from catalyst_ttt.pipeline import run_cell
 
+    quiet_libraries()
     return run_cell(cfg)["status"]
 
 
