@@ -461,6 +461,7 @@ NOT_COMPUTING = (
     "metrics/aggregate.py",
     "metrics/statistics.py",
     "quiet.py",
+    "registry.py",
     "report",
     "results.py",
     "simulation.py",
