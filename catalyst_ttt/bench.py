@@ -134,7 +134,7 @@ def generation_section(overrides: list[str]) -> None:
     import torch
 
     from catalyst_ttt.config import build_task, compose_cell
-    from catalyst_ttt.evaluation import generate
+    from catalyst_ttt.generation import generate
     from catalyst_ttt.models import with_chat_template
 
     cfg = compose_cell(overrides)

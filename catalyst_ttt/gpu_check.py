@@ -26,7 +26,7 @@ from catalyst_ttt.cli import _quiet_libraries
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import resolve_device
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from catalyst_ttt.models import load_pretrained
 from catalyst_ttt.pipeline import run_cell
 from catalyst_ttt.tasks.gsm8k import synthetic_rows
@@ -118,7 +118,7 @@ def build_model_and_data(directory: Path, size: str, seed: int = 0) -> tuple[Pat
 
 
 def generation_throughput(model_dir: Path, device: str, new_tokens: int, sequences: int = 128) -> float:
-    """Tokens per second of `evaluation.generate` (greedy, one batch) on the model as built."""
+    """Tokens per second of `generation.generate` (greedy, one batch) on the model as built."""
     model, tokenizer = load_pretrained(str(model_dir), device=device)
     prompts = [f"Problem {i}: how many apples are left?" for i in range(sequences)]
     generate(model, tokenizer, prompts[:8], 4, batch_size=8)  # warm-up: kernels, allocator

@@ -30,6 +30,9 @@ from catalyst_ttt.tasks.base import TASKS, Parsed, Problem, Task
 # the gold answers.
 ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
 ACCESS_MARKS = {"intrinsic": "", "partial verifier": "", "perfect verifier": "‡", "gold": "†"}
+# Sequences per generate call for cross_view's views (a default GRPO step's views fit in one call). Not
+# eval.batch_size: the batch shapes which samples a seed draws, so tying the two would change the rewards.
+CROSS_VIEW_BATCH = 256
 
 
 @dataclass
@@ -297,7 +300,7 @@ def cross_view(batch, cfg):
     Per group, the view is the prompt with the task's `shift_format` noise, and `group_size` completions
     of it are sampled from the policy at TTT's temperature; a view with no answer rewards no completion.
     """
-    from catalyst_ttt.evaluation import generate  # evaluation's metrics import this module's votes
+    from catalyst_ttt.generation import generate  # torch: loaded when a model samples, not by configs
 
     views = [batch.task.format_view(batch.prompts[group[0]], batch.rng) for group in batch.groups()]
     samples = generate(
@@ -305,6 +308,7 @@ def cross_view(batch, cfg):
         batch.tokenizer,
         views,
         batch.task.completion_budget(batch.problems),
+        batch_size=CROSS_VIEW_BATCH,
         samples=batch.group_size,
         temperature=batch.temperature,
         seed=batch.rng.randrange(2**31),

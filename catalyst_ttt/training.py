@@ -18,7 +18,7 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from catalyst_ttt.anchors import kl_beta, replay_weight
 from catalyst_ttt.device import precision_args
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
 from catalyst_ttt.tasks.base import Problem, Task

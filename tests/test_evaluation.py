@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import catalyst_ttt.pipeline as pipeline
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from helpers.cells import SPLITS, TASK
 from helpers.ttt import train_on
 

@@ -18,7 +18,7 @@ from catalyst_ttt.cli import app
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import VLLM_MISSING, precision_args, resolve_device, uses_bf16
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from catalyst_ttt.gpu_check import run_check
 from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model, save_checkpoint, with_lora
 from catalyst_ttt.regimes import REGIMES
@@ -122,12 +122,13 @@ def test_a_checkpoints_sampling_defaults_do_not_reach_the_evaluation(taught):
     the evaluation decodes the model's own distribution, as TRL's GRPO samples it."""
     model, tokenizer = taught
     prompts = [p.prompt for p in SPLITS["id"]]
-    plain = generate(model, tokenizer, prompts, TASK.max_completion_chars)
+    budget, batch = TASK.max_completion_chars, 4 * len(prompts)
+    plain = generate(model, tokenizer, prompts, budget, batch_size=batch)
     model.generation_config.update(repetition_penalty=3.0, top_k=1, top_p=0.1, temperature=0.01)
-    assert generate(model, tokenizer, prompts, TASK.max_completion_chars) == plain
-    sampled = generate(model, tokenizer, prompts, TASK.max_completion_chars, samples=4, seed=0)
+    assert generate(model, tokenizer, prompts, budget, batch_size=batch) == plain
+    sampled = generate(model, tokenizer, prompts, budget, batch_size=batch, samples=4, seed=0)
     model.generation_config = type(model.generation_config)()
-    assert generate(model, tokenizer, prompts, TASK.max_completion_chars, samples=4, seed=0) == sampled
+    assert generate(model, tokenizer, prompts, budget, batch_size=batch, samples=4, seed=0) == sampled
 
 
 # -- refusals: one line, exit 2 ------------------------------------------------------------

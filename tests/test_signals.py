@@ -11,6 +11,7 @@ from transformers import TrainerState
 
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.generation import generate
 from catalyst_ttt.metrics.accuracy import maj_at_k
 from catalyst_ttt.schema import SignalConfig
 from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
@@ -169,11 +170,9 @@ def test_format_view_adds_the_shift_format_noise_before_the_closing_character():
 def test_cross_view_rewards_agreement_with_the_policys_answer_to_the_view(taught):
     """With no noise (the view is the prompt itself) and a near-zero temperature, the view's majority is
     the policy's greedy answer: the reward is 1 exactly for completions that give that answer."""
-    from catalyst_ttt.evaluation import generate
-
     model, tokenizer = taught
     task = NOISE_FREE_TASK
-    greedy = generate(model, tokenizer, [PROBLEM.prompt], task.max_completion_chars)[0][0]
+    greedy = generate(model, tokenizer, [PROBLEM.prompt], task.max_completion_chars, batch_size=1)[0][0]
     answer = task.parse(greedy).answer
     assert answer is not None  # the taught model writes the format
     other = next(a for a in ("GF", "FG", "CB") if a != answer)

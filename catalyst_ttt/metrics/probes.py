@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from catalyst_ttt.models import load_pretrained
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import RegimeConfig
