@@ -15,7 +15,6 @@ gold answers for diagnostics outside the signal (see `training.make_reward_funct
 from __future__ import annotations
 
 import math
-import operator
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,6 +23,7 @@ from catalyst_ttt.errors import UserError
 from catalyst_ttt.registry import Registry
 from catalyst_ttt.schema import SignalConfig
 from catalyst_ttt.tasks.base import TASKS, Parsed, Problem, Task
+from catalyst_ttt.votes import majority_answer, votes_of
 
 # What a signal reads, from least to most: the policy alone; a step checker that cannot tell
 # whether the chain solves the problem; a step checker whose all-valid chain fixes the answer;
@@ -124,34 +124,6 @@ def signal(name: str, *, trainer: str | None, access: str = "intrinsic", **field
         return rule
 
     return register
-
-
-def votes_of(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> list[list[str]]:
-    """The answers grouped into votes: each answer joins the first earlier answer it equals."""
-    votes: list[list[str]] = []
-    for answer in answers:
-        if answer is None:
-            continue
-        vote = next((v for v in votes if equal(answer, v[0])), None)
-        if vote is None:
-            votes.append([answer])
-        else:
-            vote.append(answer)
-    return votes
-
-
-def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> str | None:
-    """The most common answer under `equal`; None if there is none.
-
-    A vote is named by its first answer; ties go to the vote whose first answer came first.
-    """
-    votes = votes_of(answers, equal)
-    return max(votes, key=len)[0] if votes else None  # max keeps the first of equals
-
-
-def distinct_answers(answers: list[str | None], task: Task) -> list[str]:
-    """One answer per vote under the task's `answers_equal`, unanswered completions left out."""
-    return [vote[0] for vote in votes_of(answers, task.answers_equal)]
 
 
 def group_majorities(batch: RewardBatch) -> list[str | None]:

@@ -20,8 +20,9 @@ from catalyst_ttt.anchors import kl_beta, replay_weight
 from catalyst_ttt.device import precision_args
 from catalyst_ttt.generation import generate
 from catalyst_ttt.schema import CellConfig
-from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
+from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, group_majorities
 from catalyst_ttt.tasks.base import Problem, Task
+from catalyst_ttt.votes import distinct_answers
 
 
 class Diverged(RuntimeError):

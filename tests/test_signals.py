@@ -14,10 +14,11 @@ from catalyst_ttt.errors import UserError
 from catalyst_ttt.generation import generate
 from catalyst_ttt.metrics.accuracy import maj_at_k
 from catalyst_ttt.schema import SignalConfig
-from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
+from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows
 from catalyst_ttt.tasks.alchemy import Alchemy
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
 from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics
+from catalyst_ttt.votes import majority_answer
 from helpers.cells import SPLITS, TASK, run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
 from helpers.ttt import train_on
