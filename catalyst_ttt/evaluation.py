@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from catalyst_ttt.generation import generate
 from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.process import process_item
-from catalyst_ttt.results import TRAJECTORY
 from catalyst_ttt.schema import EvalConfig
 from catalyst_ttt.tasks.base import Problem, Task
 
@@ -73,18 +72,18 @@ class Trajectory:
 
     SPLITS = ("id", "heldout")
 
-    def __init__(
-        self, task: Task, splits: dict[str, list[Problem]], cfg: EvalConfig, seed: int, tokenizer, tracker, store
-    ):
+    def __init__(self, task: Task, splits: dict[str, list[Problem]], cfg: EvalConfig, seed: int, tokenizer, tracker):
         self.task, self.cfg, self.seed, self.tokenizer = task, cfg, seed, tokenizer
         self.subsets = {name: splits[name][: cfg.trajectory_size] for name in self.SPLITS}
-        self.tracker, self.store = tracker, store
+        self.tracker = tracker
         self.rows: list[dict] = []
         self.seconds = 0.0  # spent evaluating, for the cell's timing
 
-    def record(self, step: int, model) -> None:
+    def record(self, step: int, model) -> list[dict]:
+        """Evaluate the subsets at `step` (once per step) and log them; returns every row so far, which the
+        cell's record keeps in the results store."""
         if self.rows and self.rows[-1]["step"] == step:
-            return
+            return self.rows
         started = time.perf_counter()
         row: dict = {"step": step}
         for name, problems in self.subsets.items():
@@ -96,10 +95,10 @@ class Trajectory:
             }
         self.rows.append(row)
         self.seconds += time.perf_counter() - started
-        self.store.write(TRAJECTORY, self.rows)
         self.tracker.log_step(
             step, {f"traj/{name}/{key}": row[name][key] for name in self.subsets for key in ("acc", "step_validity")}
         )
+        return self.rows
 
     def steps(self) -> list[int]:
         return [row["step"] for row in self.rows]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from datasets import Dataset
 from omegaconf import DictConfig
@@ -98,12 +98,18 @@ def run_cell(cfg: DictConfig) -> dict:
         # 3. ttt: the signal on the unlabeled id prompts (training a LoRA adapter with ttt.lora), with the
         # trajectory recorded
         model = with_lora(model, cfg.ttt.lora)
-        trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
+        trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker)
+
+        def evaluate_trajectory(step: int) -> None:  # at the start, every ttt.eval_every steps and the end
+            record.write_trajectory(trajectory.record(step, model))
+
         result["anchor"], replay = anchor_of(cfg, rows)
         with record.phase("ttt"):
-            trajectory.record(0, model)
-            last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker, replay)
-            trajectory.record(last_step, model)
+            evaluate_trajectory(0)
+            last_step = train_at_test_time(
+                cfg, task, splits["id"], model, tokenizer, evaluate_trajectory, tracker, replay
+            )
+            evaluate_trajectory(last_step)
         result["ttt"] = tracker.means(("ttt/", "ttrl/"))  # TTT diagnostics, averaged over logged steps
         result["timing"]["trajectory_s"] = trajectory.seconds  # part of ttt_s
         # 4. eval: every split (without TTT the start's), information gain under the reader, stability
@@ -272,15 +278,17 @@ def anchor_of(cfg: DictConfig, catalyst: list[dict]) -> tuple[dict, list[dict]]:
     return info, rows
 
 
-def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, tracker, replay=()) -> int:
+def train_at_test_time(
+    cfg, task: Task, problems, model, tokenizer, on_eval: Callable[[int], None], tracker, replay=()
+) -> int:
     """Train on the id prompts without their labels (GRPO replays `replay` rows when its anchor says
-    so); returns the number of TTT steps taken."""
+    so), calling `on_eval(step)` every `ttt.eval_every` steps; returns the number of TTT steps taken."""
     signal = SIGNALS.get(cfg.signal.name)
     if signal.trainer is None or cfg.ttt.steps == 0:
         return 0
     hook = StepHook(
         on_log=tracker.log_step,
-        on_eval=lambda step: trajectory.record(step, model),
+        on_eval=on_eval,
         every=cfg.ttt.eval_every if cfg.eval.trajectory else cfg.ttt.steps + 1,
     )
     prompts = [p.prompt for p in problems]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from catalyst_ttt.config import cell_identity
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
-from catalyst_ttt.results import GATED, RESULT, SAMPLES, CellDir
+from catalyst_ttt.results import GATED, RESULT, SAMPLES, TRAJECTORY, CellDir
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import divergence_of
@@ -126,6 +126,10 @@ class CellRecord:
             yield
         finally:
             self.result["timing"][f"{name}_s"] = time.perf_counter() - started
+
+    def write_trajectory(self, rows: list[dict]) -> None:
+        """The trajectory so far (evaluation.Trajectory's rows), rewritten at every point it records."""
+        self.store.write(TRAJECTORY, rows)
 
     def add_evaluation(self, evaluated: dict, trajectory) -> None:
         """The final eval's metrics and per-item correctness, and stability over the trajectory."""

@@ -370,7 +370,7 @@ def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="m
     # The taught model never saw the noise character: it answers no noisy view, so cross_view's reward
     # would stay 0 and nothing would train. A noise-free view is one it reads; gold access is the same.
     task = NOISE_FREE_TASK if signal_name == "cross_view" else TASK
-    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, f"{signal_name}-{scramble}", task)
+    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, task)
     return {k: v.clone() for k, v in model.state_dict().items()}, trajectory
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.evaluation import Trajectory
 from catalyst_ttt.pipeline import train_at_test_time
-from catalyst_ttt.results import CellDir
 from catalyst_ttt.tracking import Tracker
 from helpers.cells import SPLITS, TASK
 
@@ -21,19 +20,15 @@ QUICK_TTT = [
 ]
 
 
-def train_on(
-    model, tokenizer, problems, overrides: list[str], directory: Path, name: str = "ttt", task=TASK
-) -> Trajectory:
+def train_on(model, tokenizer, problems, overrides: list[str], directory: Path, task=TASK) -> Trajectory:
     """Run `train_at_test_time` on `model` in place (on `task`, by default the tiny alchemy); returns the
     recorded trajectory."""
     cfg = compose_cell([*QUICK_TTT, *overrides])
-    store = CellDir(directory, "ttt", name)
-    store.start("")
     tracker = Tracker(
         mode="disabled", project="", entity=None, group="", job_type="", name="", config={}, directory=directory
     )
     trajectory = Trajectory(
-        task, {"id": problems, "heldout": SPLITS["heldout"]}, cfg.eval, cfg.seed, tokenizer, tracker, store
+        task, {"id": problems, "heldout": SPLITS["heldout"]}, cfg.eval, cfg.seed, tokenizer, tracker
     )
-    train_at_test_time(cfg, task, problems, model, tokenizer, trajectory, tracker)
+    train_at_test_time(cfg, task, problems, model, tokenizer, lambda step: trajectory.record(step, model), tracker)
     return trajectory
