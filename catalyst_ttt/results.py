@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -29,6 +30,10 @@ COMPLETE = ("done", "diverged", GATED)  # a cell in one of these states is never
 FINAL = (*COMPLETE, "failed", "interrupted")  # the statuses a run of a cell ends with
 LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
 HOST = socket.gethostname()
+# A sweep or cell name becomes a directory under runs_dir: one plain path component, short enough
+# for every file system (255 bytes) with the cell ids and lock files placed below it.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
+NAME_LIMIT = 100
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -250,10 +255,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a directory must stay one component inside its parent."""
+    text = str(name)
+    if len(text) > NAME_LIMIT:
+        raise UserError(f"{what}={text[:20]!r}... is not valid; it has {len(text)} characters, at most {NAME_LIMIT}")
+    if not SAFE_NAME.fullmatch(text) or ".." in text:
+        raise UserError(f"{what}={name!r} is not valid; use letters, digits and _ . = - (no '/', no '..')")
+
+
 def sweep_dir(runs_dir: str | Path, sweep: str) -> Path:
     """A sweep's directory, which must stay inside runs_dir."""
-    from catalyst_ttt.config import check_name
-
     check_name(sweep, "sweep")
     return Path(runs_dir) / sweep
 

@@ -164,6 +164,11 @@ class WandbConfig:
     entity: str | None = None
 
 
+# Keys of CellConfig that place or report a cell but do not change what it computes: no cell or checkpoint
+# hash covers them.
+NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "device", "lock_timeout")
+
+
 @dataclass
 class CellConfig:
     task: Any = MISSING

@@ -39,14 +39,13 @@ from catalyst_ttt.config import (
     CONF_DIR,
     GROUPS,
     cell_identity,
-    check_name,
     compose_cells,
     group_options,
     parse_overrides,
     shipped_dir,
 )
 from catalyst_ttt.errors import UserError, first_line, read_user_text
-from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_atomic, write_json
+from catalyst_ttt.results import FINAL, GRID, CellDir, check_name, read_json, sweep_dir, write_atomic, write_json
 
 SWEEPS_DIR = shipped_dir("sweeps")
 # Characters Hydra's lexer takes unquoted (ASCII only: it refuses `é` unquoted).

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from catalyst_ttt.cache import KEY, WEIGHTS, cached_checkpoint
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import cell_identity, code_fingerprint, compose_cell
+from catalyst_ttt.config import cell_identity, compose_cell
+from catalyst_ttt.hashing import code_fingerprint
 from catalyst_ttt.pipeline import run_cell
 from catalyst_ttt.results import LockTimeout
 from helpers.cells import CTTT, run

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 
-from catalyst_ttt.config import NON_SEMANTIC, config_hash
+from catalyst_ttt.hashing import config_hash
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
 from catalyst_ttt.results import TRAJECTORY, write_json
+from catalyst_ttt.schema import NON_SEMANTIC
 
 RULE = {"max_drop": 0.05, "max_drawdown": 0.1, "max_seed_std": 0.1, "max_collapse": 0.25}
 
