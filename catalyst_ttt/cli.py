@@ -25,6 +25,9 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20")
+# Every command finds the results store the same way: --runs-dir PATH, or the override runs_dir=PATH.
+RUNS_DIR = typer.Option(None, "--runs-dir", help="the results store (default: runs); the same as runs_dir=PATH")
+STORE_ARGUMENT = typer.Argument(None, help="runs_dir=PATH: the results store, as run and sweep take it")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
 SUMMARY_TITLE = (
@@ -70,16 +73,17 @@ def user_errors(command):
 def run(
     overrides: Optional[list[str]] = OVERRIDES,
     show: Optional[str] = typer.Option(None, "--cfg", help="print the composed config and run nothing: job"),
+    runs_dir: Optional[str] = RUNS_DIR,
 ) -> None:
     """Run one cell: base -> catalyst -> ttt -> eval."""
     from omegaconf import OmegaConf
 
-    from catalyst_ttt.config import compose_cell
+    from catalyst_ttt.config import compose_cell, with_runs_dir
     from catalyst_ttt.results import check_directory
 
     if show not in (None, "job"):
         raise UserError(f"--cfg {show} is not valid; valid: job")
-    cfg = compose_cell(list(overrides or []))
+    cfg = compose_cell(with_runs_dir(list(overrides or []), runs_dir))
     if show:
         console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False, end="")
         return
@@ -112,7 +116,7 @@ def _print_cell(result: dict) -> None:
         console.print(f"ignition (id greedy, catalyst - none, before TTT): {result['ignition']:+.3f}")
     if result.get("error"):
         console.print(f"[red]{result['status']}:[/red] {escape(result['error'])}")
-    console.print(f"results: {result.get('config', {}).get('runs_dir', 'runs')}/{result['sweep']}/{result['cell']}/")
+    console.print(f"results: {result['config']['runs_dir']}/{result['sweep']}/{result['cell']}/")
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -125,16 +129,19 @@ def sweep(
     max_cells: Optional[int] = typer.Option(
         None, "--max-cells", help="the largest grid to run (default 1000: a guard against range(0,100000))"
     ),
+    runs_dir: Optional[str] = RUNS_DIR,
 ) -> None:
     """Run a sweep as a Hydra multirun; finished cells are skipped."""
     from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.config import with_runs_dir
     from catalyst_ttt.results import COMPLETE, check_directory
 
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
     if max_cells is not None and max_cells < 1:
         raise UserError(f"--max-cells {max_cells} is not valid; it must be >= 1")
-    plan = sweeps.load_sweep(name, list(overrides or []), jobs, max_cells or sweeps.MAX_CELLS)
+    overrides = with_runs_dir(list(overrides or []), runs_dir)
+    plan = sweeps.load_sweep(name, overrides, jobs, max_cells or sweeps.MAX_CELLS)
     cells = plan.cells()
     if dry_run:
         _print_plan(plan, cells)
@@ -172,28 +179,21 @@ def _print_plan(sweep, cells) -> None:
 @user_errors
 def status(
     name: str = typer.Argument("default", help="the sweep"),
-    runs_dir: str = typer.Option("runs", help="where the results store is"),
+    overrides: Optional[list[str]] = STORE_ARGUMENT,
+    runs_dir: Optional[str] = RUNS_DIR,
 ) -> None:
     """Cells done / running / failed and the per-group summary, from the results store."""
-    from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.config import runs_dir_of
     from catalyst_ttt.metrics.aggregate import aggregate, rule_of
     from catalyst_ttt.report import summary_table
-    from catalyst_ttt.results import cell_dirs, read_store
+    from catalyst_ttt.results import read_store, state_counts
+    from catalyst_ttt.sweep import cell_states
 
+    runs_dir = runs_dir_of(list(overrides or []), runs_dir)
     store = read_store(runs_dir, name)
     results = store.results
-    states = {}
-    if name in sweeps.available_sweeps():
-        for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
-            states[cell.id] = cell.state()
-    for cell in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
-        if cell.cell not in states:
-            states[cell.cell] = cell.state((cell.result() or {}).get("config_hash", ""))
-    for result in results:  # finished cells whose directory holds only the result
-        states.setdefault(result["cell"], result["status"])
-    tally: dict[str, int] = {}
-    for state in states.values():
-        tally[state.split(":")[0]] = tally.get(state.split(":")[0], 0) + 1
+    states = cell_states(name, runs_dir, results)
+    tally = state_counts(states.values())
     console.print(
         f"sweep [bold]{name}[/bold]: {len(states)} cells — " + ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     )
@@ -209,13 +209,16 @@ def status(
 @user_errors
 def report(
     name: str = typer.Argument("default", help="the sweep"),
-    runs_dir: str = typer.Option("runs", help="where the results store is"),
+    overrides: Optional[list[str]] = STORE_ARGUMENT,
+    runs_dir: Optional[str] = RUNS_DIR,
     open_html: bool = typer.Option(False, "--open", help="open report.html in a browser"),
     wandb_log: bool = typer.Option(True, "--wandb/--no-wandb", help="also log the report as a W&B run"),
 ) -> None:
     """Tables, plots and a generated answer from a sweep's results store."""
+    from catalyst_ttt.config import runs_dir_of
     from catalyst_ttt.report import build_report, log_to_wandb, summary_table, write_report
 
+    runs_dir = runs_dir_of(list(overrides or []), runs_dir)
     result = build_report(runs_dir, name)
     _quiet_libraries()
     directory = write_report(result, runs_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import get_type_hints
@@ -54,6 +55,8 @@ for _name in TASKS.names():
     )
 
 SEED_LIMIT = 2**32  # numpy and HF seeding refuse larger seeds
+# Characters Hydra's lexer takes unquoted (ASCII only: it refuses `é` unquoted).
+PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]*[A-Za-z0-9_./:@-]")
 
 
 def compose_cell(overrides: list[str]) -> DictConfig:
@@ -149,6 +152,50 @@ def parse_overrides(lines: list[str], where: str) -> list[Override]:
         return OverridesParser.create().parse_overrides([str(line) for line in lines])
     except OverrideParseException as err:
         raise UserError(f"{where}: {' '.join(str(err).split())}") from None
+
+
+def quote(value) -> str:
+    """`value` (from YAML or a composed config) written so that Hydra's grammar reads back exactly
+    it: null, true/false, numbers, lists, and strings, quoted unless plain ASCII that reads back the same."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # 1e-05, inf, nan: Hydra reads each back as that float
+    if isinstance(value, list):
+        return "[" + ",".join(quote(v) for v in value) + "]"
+    if isinstance(value, dict):
+        raise UserError(f"{value!r}: a mapping is not a value here; give a name, number or list")
+    text = str(value)
+    if PLAIN.fullmatch(text) and OverridesParser.create().parse_override(f"k={text}").value() == text:
+        return text
+    # Inside quotes a backslash escapes only a quote or another backslash before a quote or the end.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+STORE_TWICE = "the results store is given twice; give --runs-dir PATH or runs_dir=PATH, not both"
+
+
+def with_runs_dir(overrides: list[str], runs_dir: str | None) -> list[str]:
+    """The command line's overrides with `--runs-dir PATH` as the override runs_dir=PATH: every command
+    names the results store either way, once."""
+    if runs_dir is None:
+        return overrides
+    if any(o.key_or_group == "runs_dir" for o in parse_overrides(overrides, "the command line")):
+        raise UserError(STORE_TWICE)
+    return [*overrides, f"runs_dir={quote(runs_dir)}"]
+
+
+def runs_dir_of(overrides: list[str], runs_dir: str | None) -> str:
+    """The results store `cttt status` and `cttt report` read: `--runs-dir PATH` or runs_dir=PATH (the one
+    override they take), else the schema's default."""
+    parsed = parse_overrides(with_runs_dir(overrides, runs_dir), "the command line")
+    invalid = [o.input_line for o in parsed if o.key_or_group != "runs_dir" or o.is_sweep_override()]
+    if invalid:
+        raise UserError(f"{invalid[0]!r} is not valid here; give the results store only: runs_dir=PATH")
+    return str(parsed[-1].value()) if parsed else CellConfig.runs_dir
 
 
 def _check_override(line: str, override: Override) -> None:

@@ -10,6 +10,8 @@ import secrets
 import shutil
 import socket
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,6 +243,11 @@ class CellDir:
 
     def write(self, name: str, data) -> None:
         write_json(self.path / name, data)
+
+
+def state_counts(states: Iterable[str]) -> Counter:
+    """How many cells are in each state (`CellDir.state`), with running/stale counted whatever their phase."""
+    return Counter(state.split(":")[0] for state in states)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -33,7 +33,7 @@ from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
 from catalyst_ttt.checkpoints import catalyst_key, scratch_key
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides
+from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides, quote
 from catalyst_ttt.evaluation import sample_metrics
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
@@ -367,12 +367,12 @@ YAML_VALUES = st.recursive(
 @settings(derandomize=True, max_examples=500, deadline=None)
 @given(YAML_VALUES)
 def test_quote_writes_what_hydra_reads_back_exactly(value):
-    assert OverridesParser.create().parse_override(f"key={sweeps.quote(value)}").value() == value
+    assert OverridesParser.create().parse_override(f"key={quote(value)}").value() == value
 
 
 def test_status_finds_the_finished_cells_of_a_store_with_a_backslash_and_non_ascii(tmp_path):
     runs = tmp_path / "a\\b équipe"
-    (cell,) = sweeps.load_sweep("smoke", [f"runs_dir={sweeps.quote(str(runs))}", "regime=none", "signal=none"]).cells()
+    (cell,) = sweeps.load_sweep("smoke", [f"runs_dir={quote(str(runs))}", "regime=none", "signal=none"]).cells()
     assert cell.config.runs_dir == str(runs)
     finished = fake_result("none", "none", 0, 0.1, 0.1) | {"cell": cell.id, "config_hash": cell.config_hash}
     write_json(runs / "smoke" / cell.id / RESULT, finished)
