@@ -43,9 +43,10 @@ def cached_checkpoint(
     key_data: dict,
     build: Callable[[Path], None],
     owner: str,
-    timeout: float = 14400.0,
+    timeout: float,
 ) -> tuple[Path, bool]:
-    """The checkpoint for `key_data`, built by `build(tmp_dir)` if absent; returns (path, built)."""
+    """The checkpoint for `key_data`, built by `build(tmp_dir)` if absent, waiting up to `timeout` seconds
+    (`lock_timeout`) for another process building it; returns (path, built)."""
     root = Path(cache_dir) / kind
     root.mkdir(parents=True, exist_ok=True)
     full = keyed(key_data)

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.schema import ACCESS_MARKS
 
 app = typer.Typer(
     add_completion=True,
@@ -30,8 +31,8 @@ RUNS_DIR = typer.Option(None, "--runs-dir", help="the results store (default: ru
 STORE_ARGUMENT = typer.Argument(None, help="runs_dir=PATH: the results store, as run and sweep take it")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 LIBRARIES = r"(transformers|trl|torch|datasets|accelerate|peft|wandb|pydantic|hydra|omegaconf|joblib|ray)(\.|$)"
-SUMMARY_TITLE = (
-    "regime x signal — id greedy accuracy, mean [95% bootstrap] over replicates († gold, ‡ perfect verifier)"
+SUMMARY_TITLE = "regime x signal — id greedy accuracy, mean [95% bootstrap] over replicates ({})".format(
+    ", ".join(f"{mark} {access}" for access, mark in ACCESS_MARKS.items())
 )
 
 

@@ -24,8 +24,6 @@ from rich.table import Table  # noqa: E402
 
 from catalyst_ttt.errors import UserError  # noqa: E402
 from catalyst_ttt.metrics.aggregate import (  # noqa: E402
-    ACCESS_CLASSES,
-    MARKERS,
     Group,
     Ignition,
     aggregate,
@@ -50,9 +48,8 @@ from catalyst_ttt.results import (  # noqa: E402
     sweep_dir,
     write_atomic,
 )
-from catalyst_ttt.schema import ANCHORS, StabilityConfig  # noqa: E402
+from catalyst_ttt.schema import ACCESS_CLASSES, ACCESS_MARKS, ANCHORS, ProbeReading, StabilityConfig  # noqa: E402
 
-TRAP_DROP = 0.05  # process validity or IG "fell" when lower than at the start by more than this
 NO_TTT_CLASS = "no TTT"
 # The context axes the table shows as columns only when they vary; regime and signal are always shown.
 SHOWN_AXES = ("regime", "signal", "reference", "config")
@@ -182,7 +179,7 @@ def fmt(estimate: Estimate | None, signed: bool = False) -> str:
 def signal_name(group: Group) -> str:
     key = group.key
     ref = f" [ref={key['reference']}]" if key["signal"] in ("verifree", "predictive") else ""
-    marker = MARKERS.get(group.access)
+    marker = ACCESS_MARKS.get(group.access)
     return f"{key['signal']}{ref}" + (f" {marker}" if marker else "")
 
 
@@ -299,7 +296,7 @@ def _trap_sentences(judged: list[Group], report: Report) -> list[str]:
         baseline = no_ttt.get(repr(ignition_key(group.cells[0])))
         ig_readable = report.calibration is not None and report.calibration.holds()
         ig_change = group.mean("ig_total") - baseline.mean("ig_total") if baseline and ig_readable else math.nan
-        if validity_drop > TRAP_DROP or -ig_change > TRAP_DROP:
+        if validity_drop > report.rule.trap_drop or -ig_change > report.rule.trap_drop:
             traps.append(
                 f"{group.key['regime']} x `{signal_name(group)}` (accuracy {gain:+.3f}, "
                 f"{group.paired['gain'].test.describe()}, step validity {-validity_drop:+.3f}"
@@ -309,7 +306,7 @@ def _trap_sentences(judged: list[Group], report: Report) -> list[str]:
     if not traps:
         return [
             "No group with a verdict fell into the accuracy trap (accuracy significantly up while step validity "
-            f"or information gain fell by more than {TRAP_DROP})."
+            f"or information gain fell by more than {report.rule.trap_drop})."
         ]
     return ["Accuracy trap — accuracy rose while the process got worse: " + "; ".join(traps) + "."]
 
@@ -362,7 +359,7 @@ def disclosure(report: Report) -> list[str]:
         lines.append(
             "Signal access: "
             + "; ".join(
-                f"{cls}{' ' + MARKERS[cls] if cls in MARKERS else ''}: {', '.join(sorted(access[cls]))}"
+                f"{cls}{' ' + ACCESS_MARKS[cls] if cls in ACCESS_MARKS else ''}: {', '.join(sorted(access[cls]))}"
                 for cls in ACCESS_CLASSES
                 if access.get(cls)
             )
@@ -803,7 +800,6 @@ def _save(fig, path: Path) -> None:
 # -- ignition vs catalyst budget ----------------------------------------------------------
 
 BUDGET_AXIS = "catalyst_n"
-READS_TRACE = 0.5  # the model reads its trace when it writes some trace's own answer this often
 # result.json `probes` key -> column (metrics/probes.py, docs/metrics.md)
 PROBE_COLUMNS = {
     "skill/base": "skill base",
@@ -815,8 +811,6 @@ PROBE_COLUMNS = {
     "trace/corrupted/follows_trace": "corrupted trace → trace",
     "trace/corrupted/gold_answer": "corrupted trace → gold",
 }
-SKILL_LOSS = 0.10  # the atomic skill "fell" when start is below base by more than this
-FORMAT_FLOOR = 0.5  # below this format rate the model mostly does not write the trace format
 
 
 def varies_budget(report: Report) -> bool:
@@ -892,15 +886,16 @@ def _why(probes: dict[str, float]) -> str:
     """What the probes say at one budget, in words."""
     if not probes:
         return "no probes were recorded"
+    reading = ProbeReading()
     parts = []
     if "skill/base" in probes and "skill/start" in probes:
-        kept = probes["skill/start"] >= probes["skill/base"] - SKILL_LOSS
+        kept = probes["skill/start"] >= probes["skill/base"] - reading.skill_loss
         parts.append(
             f"atomic skill {probes['skill/base']:.2f} → {probes['skill/start']:.2f} "
             f"({'kept' if kept else 'overwritten by the catalyst'})"
         )
     if "format/start" in probes:
-        writes = probes["format/start"] >= FORMAT_FLOOR
+        writes = probes["format/start"] >= reading.format_floor
         parts.append(f"format rate {probes['format/start']:.2f}{'' if writes else ' (it mostly writes no trace)'}")
     follows = {
         name.split("/")[1]: share
@@ -909,7 +904,7 @@ def _why(probes: dict[str, float]) -> str:
     }
     if follows:
         shares = ", ".join(f"{kind} {share:.2f}" for kind, share in follows.items())
-        reads = "it reads its trace" if max(follows.values()) >= READS_TRACE else "it does not read its trace"
+        reads = "it reads its trace" if max(follows.values()) >= reading.reads_trace else "it does not read its trace"
         parts.append(f"after a teacher-forced trace it writes that trace's answer ({shares}): {reads}")
     if "trace/donor/gold_answer" in probes:
         parts.append(f"after a donor trace it writes the gold answer {probes['trace/donor/gold_answer']:.2f}")

@@ -33,6 +33,12 @@ class RegimeConfig:
     match_steps: bool = True  # swapped: borrow a trace with the same number of steps
 
 
+# What a signal reads (docs/signals.md), from least to most: the policy alone; a step checker that cannot tell
+# whether the chain solves the problem; a step checker whose all-valid chain fixes the answer; the gold answers.
+ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
+ACCESS_MARKS = {"gold": "†", "perfect verifier": "‡"}  # tables mark the signals that are ceilings, not TTT methods
+
+
 @dataclass
 class SignalConfig:
     name: str = "majority"
@@ -128,6 +134,16 @@ class StabilityConfig:
     max_gain_std: float = 0.10  # replicates whose gains spread wider than this are unstable
     max_flat_rewards: float = 0.90  # reward spread in no more than 1 - this share of groups: "did not train"
     trap_drop: float = 0.05  # the accuracy trap: step validity or IG fell by more than this while accuracy rose
+
+
+@dataclass(frozen=True)
+class ProbeReading:
+    """How the report words a TTT start's probes (metrics/probes.py, docs/statistics.md). No verdict reads
+    them, so they are not part of a cell's config."""
+
+    reads_trace: float = 0.5  # the model reads its trace when it writes some trace's own answer this often
+    skill_loss: float = 0.10  # the atomic skill "fell" when start is below base by more than this
+    format_floor: float = 0.5  # below this format rate the model mostly does not write the trace format
 
 
 @dataclass

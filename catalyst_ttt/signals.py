@@ -21,15 +21,10 @@ from typing import Callable
 
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.registry import Registry
-from catalyst_ttt.schema import SignalConfig
+from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig
 from catalyst_ttt.tasks.base import TASKS, Parsed, Problem, Task
 from catalyst_ttt.votes import majority_answer, votes_of
 
-# What a signal reads, from least to most: the policy alone; a step checker that cannot tell
-# whether the chain solves the problem; a step checker whose all-valid chain fixes the answer;
-# the gold answers.
-ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
-ACCESS_MARKS = {"intrinsic": "", "partial verifier": "", "perfect verifier": "‡", "gold": "†"}
 # Sequences per generate call for cross_view's views (a default GRPO step's views fit in one call). Not
 # eval.batch_size: the batch shapes which samples a seed draws, so tying the two would change the rewards.
 CROSS_VIEW_BATCH = 256

@@ -442,12 +442,12 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", DAMAGES.values(), ids=list(DAMAGES))
 def test_a_damaged_checkpoint_is_never_called_cached_and_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
-    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t")
+    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t", timeout=60)
     assert built and cache_state(tmp_path, "base", {"steps": 3}) == "cached"
     damage(path)
     assert cache_state(tmp_path, "base", {"steps": 3}) == "damaged: to rebuild"
     with caplog.at_level(logging.WARNING):
-        assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t") == (path, True)
+        assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t", timeout=60) == (path, True)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert f"the cached base checkpoint {path} is damaged (" in warning and "rebuilding it" in warning
     assert cache_state(tmp_path, "base", {"steps": 3}) == "cached"
@@ -459,7 +459,7 @@ def test_a_failed_build_leaves_no_temporary_directory(tmp_path):
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError):
-        cached_checkpoint(tmp_path, "base", {"steps": 3}, failing, owner="t")
+        cached_checkpoint(tmp_path, "base", {"steps": 3}, failing, owner="t", timeout=60)
     assert not [p.name for p in (tmp_path / "base").iterdir() if not p.name.endswith(".lock")]
     assert cache_state(tmp_path, "base", {"steps": 3}) == "to train"
 
@@ -483,8 +483,12 @@ def test_a_truncated_cached_base_is_rebuilt_by_the_next_cell_and_dry_run_says_so
 def test_dry_run_finds_a_cached_from_scratch_catalyst(tmp_path, monkeypatch):
     overrides = ["regime=correct", "signal=none", "catalyst.from_scratch=true", f"cache_dir={tmp_path / 'c'}"]
     (cell,) = sweeps.load_sweep("smoke", overrides).cells()
-    scratch, _ = cached_checkpoint(tmp_path / "c", "scratch", scratch_key(cell.config), _two_file_build, owner="t")
-    cached_checkpoint(tmp_path / "c", "catalyst", catalyst_key(cell.config, scratch.name), _two_file_build, owner="t")
+    scratch, _ = cached_checkpoint(
+        tmp_path / "c", "scratch", scratch_key(cell.config), _two_file_build, owner="t", timeout=60
+    )
+    cached_checkpoint(
+        tmp_path / "c", "catalyst", catalyst_key(cell.config, scratch.name), _two_file_build, owner="t", timeout=60
+    )
     dry = _invoke(["sweep", "smoke", "--dry-run", *overrides], tmp_path, monkeypatch)
     assert dry.exit_code == 0, dry.output
     assert [line.split("│")[-3].strip() for line in dry.stdout.splitlines() if cell.id in line] == ["cached"]

@@ -13,8 +13,8 @@ from catalyst_ttt.config import compose_cell
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.generation import generate
 from catalyst_ttt.metrics.accuracy import maj_at_k
-from catalyst_ttt.schema import SignalConfig
-from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows
+from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig
+from catalyst_ttt.signals import SIGNALS, RewardBatch, consensus_rows
 from catalyst_ttt.tasks.alchemy import Alchemy
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
 from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics

@@ -37,8 +37,6 @@ from catalyst_ttt.schema import NON_SEMANTIC, StabilityConfig
 
 SEED_AXES = ("seed", "base_seed")
 TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them
-ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
-MARKERS = {"perfect verifier": "‡", "gold": "†"}
 FINISHED = ("done", GATED)  # a gated cell finished at its floor: its start counts, it has no TTT
 
 STABLE, UNSTABLE, INCONCLUSIVE = "stable", "unstable", "inconclusive"
