@@ -23,12 +23,11 @@ from catalyst_ttt.gpu_check import run_check
 from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model, save_checkpoint, with_lora
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
-from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.sweep import SWEEPS_DIR, load_sweep
-from catalyst_ttt.training import StepHook, grpo, make_reward_function, sft
+from catalyst_ttt.training import StepHook, sft
 from helpers.cells import SPLITS, TASK, run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
-from helpers.ttt import QUICK_TTT
+from helpers.ttt import QUICK_TTT, run_grpo
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -180,12 +179,10 @@ def test_lora_grpo_trains_the_adapter_only_against_the_adapter_free_start(taught
     start, _ = load_pretrained(str(tmp_path / "start"))
     model = with_lora(load_pretrained(str(tmp_path / "start"))[0], LoraConfigSchema(r=4))
     cfg = compose_cell([*QUICK_TTT, "signal=majority", "ttt.anchor=kl+replay", "ttt.beta=0.5", "ttt.lora.r=4"])
-    problems = SPLITS["id"]
-    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
     logs: list[dict] = []
     hook = StepHook(on_log=lambda step, data: logs.append(data), on_eval=lambda step: None, every=100)
     rows = REGIMES.get("correct")(SPLITS["train"][:32], TASK, None, 0)
-    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook], rows)
+    run_grpo(cfg, model, tokenizer, SPLITS["id"], [hook], rows)
 
     kl = [row["ttt/kl"] for row in logs if "ttt/kl" in row]
     assert len(kl) == 4 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-4
@@ -242,11 +239,9 @@ def test_no_lora_rank_leaves_the_model_as_it_is(taught):
 def _grpo_weights(taught, overrides: list[str]) -> tuple[dict, list[int]]:
     model, tokenizer = taught
     cfg = compose_cell([*QUICK_TTT, "signal=majority", "ttt.steps=2", *overrides])
-    problems = SPLITS["id"]
-    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
     steps: list[int] = []
     hook = StepHook(on_log=lambda step, data: steps.append(step), on_eval=lambda step: None, every=100)
-    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook])
+    run_grpo(cfg, model, tokenizer, SPLITS["id"], [hook])
     return {name: p.detach().clone() for name, p in model.named_parameters()}, steps
 
 

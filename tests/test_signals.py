@@ -17,11 +17,11 @@ from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig
 from catalyst_ttt.signals import SIGNALS, RewardBatch, consensus_rows
 from catalyst_ttt.tasks.alchemy import Alchemy
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
-from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics
+from catalyst_ttt.training import StepHook, reward_diagnostics, ttrl_diagnostics
 from catalyst_ttt.votes import majority_answer
 from helpers.cells import SPLITS, TASK, run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
-from helpers.ttt import train_on
+from helpers.ttt import reward_function, train_on
 
 GRPO = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
 # Signals with a reward that reads the completions (replay_only's never varies: only its anchor trains).
@@ -333,7 +333,7 @@ def test_the_reward_function_logs_its_diagnostics(taught):
     model, tokenizer = taught
     cfg = compose_cell(["signal=process", "ttt.num_generations=3"])
     logged: dict[str, float] = {}
-    reward = make_reward_function(SIGNALS.get("process"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer)
+    reward = reward_function(cfg, [PROBLEM], model, tokenizer)
     completions = [GOLD, WRONG_OPS, "###"]
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     assert reward([PROBLEM.prompt] * 3, completions, ids, log_metric=logged.__setitem__) == [1.0, 1.0, 0.0]
@@ -347,7 +347,7 @@ def test_the_reward_function_logs_its_diagnostics(taught):
 def test_the_reward_function_scores_with_the_model_it_closes_over(taught):
     model, tokenizer = taught
     cfg = compose_cell(["signal=verifree", f"ttt.num_generations={len(GROUP)}"])
-    reward = make_reward_function(SIGNALS.get("verifree"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer)
+    reward = reward_function(cfg, [PROBLEM], model, tokenizer)
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in GROUP]
     before = reward([PROBLEM.prompt] * len(GROUP), GROUP, ids)
     assert before == SIGNALS.get("verifree").reward(group_batch(model, tokenizer), SignalConfig())
