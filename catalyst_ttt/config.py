@@ -287,7 +287,7 @@ def validate(cfg: DictConfig) -> None:
             f"ttt.anchor={cfg.ttt.anchor} anchors GRPO, which signal {cfg.signal.name} does not train with; "
             f"use ttt.anchor=none or a GRPO signal: {_grpo_signals()}"
         )
-    if not SIGNALS.get(cfg.signal.name).rewards and "replay" not in anchor_parts(cfg.ttt.anchor):
+    if not SIGNALS.get(cfg.signal.name).reward_varies and "replay" not in anchor_parts(cfg.ttt.anchor):
         raise UserError(
             f"signal {cfg.signal.name} trains nothing without a replay anchor; use ttt.anchor=replay or kl+replay"
         )

@@ -63,7 +63,7 @@ from catalyst_ttt.training import (
 def run_cell(cfg: DictConfig) -> dict:
     """Run one cell (or return its finished result); `result.json` is written atomically."""
     record = CellRecord(cfg)
-    if finished := record.finished():
+    if finished := record.finished_or_claim():
         return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
     device = resolve_device(cfg.device, cfg.ttt.use_vllm)  # so is asking for a GPU that is not there

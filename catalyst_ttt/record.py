@@ -52,9 +52,9 @@ class CellRecord:
         self.result: dict = {}
         self.current_phase = "start"
 
-    def finished(self) -> dict | None:
-        """The stored result when this exact config already ran to the end; otherwise the cell's lock
-        is taken (waiting for another process running it) and held until the result is written."""
+    def finished_or_claim(self) -> dict | None:
+        """The stored result when this exact config already ran to the end; otherwise None, with the cell's
+        lock taken (after waiting for another process running it) and held until the result is written."""
         if self.store.is_done(self.config_hash) or not self.store.claim(self.config_hash, self.cfg.lock_timeout):
             return self.store.result()
         return None
@@ -76,7 +76,7 @@ class CellRecord:
             "status": "failed",
             "uses_labels": uses_labels,
             "access": signal.access_of(cfg.signal),
-            "rewarded": signal.rewards,
+            "rewarded": signal.reward_varies,
             "axes": axes_of(cfg),
             "config": config,
             "host": socket.gethostname(),

@@ -54,25 +54,21 @@ class RewardBatch:
 class Signal:
     name: str
     trainer: str | None  # "grpo", "sft" or None (no TTT)
-    rule: Callable  # grpo: (RewardBatch, SignalConfig) -> [float | None]; sft: the row filter
+    rule: Callable  # the registered function. grpo: (RewardBatch, SignalConfig) -> [float | None]; sft: row filter
     access: str = "intrinsic"  # its class with the default config
     reads_reference: bool = False  # `signal.reference=gold` makes it read gold answers
     needs_full_verifier: bool = False
     needs_format_shift: bool = False
     unscored: str = "zero"  # what a completion without an answer gets: "zero" or "group_min"
-    rewards: bool = True  # False: a control whose reward never varies (no "did not train" verdict for it)
+    reward_varies: bool = True  # False: a control whose reward never varies (no "did not train" verdict for it)
 
     @property
     def description(self) -> str:
         """The first sentence of the rule's docstring."""
         return " ".join((self.rule.__doc__ or "").strip().split("\n\n")[0].split())
 
-    @property
-    def reward(self) -> Callable[[RewardBatch, SignalConfig], list[float]] | None:
-        return self.score if self.trainer == "grpo" else None
-
-    def score(self, batch: RewardBatch, cfg: SignalConfig) -> list[float]:
-        """The rule's rewards with every unscored completion at the signal's floor."""
+    def rewards(self, batch: RewardBatch, cfg: SignalConfig) -> list[float]:
+        """What GRPO trains on: the rule's rewards, with every unscored completion (None) at the signal's floor."""
         raw = self.rule(batch, cfg)
         rewards: list[float] = []
         for group in batch.groups():
@@ -359,7 +355,7 @@ def random_reward(batch, cfg):
     return [None if p.answer is None else d for p, d in zip(batch.parsed, draws)]
 
 
-@signal("replay_only", trainer="grpo", rewards=False)
+@signal("replay_only", trainer="grpo", reward_varies=False)
 def replay_only(batch, cfg):
     """Every completion scores 0, so GRPO makes no update and only the anchor's catalyst replay trains: the
     replay-only control of the anchor study (how much of `replay`'s effect is extra SFT).

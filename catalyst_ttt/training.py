@@ -217,7 +217,7 @@ def make_reward_function(
             memory=memory,
             temperature=ttt.temperature,
         )
-        rewards = signal.reward(batch, signal_cfg)
+        rewards = signal.rewards(batch, signal_cfg)
         step = trainer_state.global_step if trainer_state is not None else 0
         if any(math.isnan(r) for r in rewards):  # TRL would read NaN as "abstain" and train on
             raise Diverged(step + 1, f"{signal.name} reward")
