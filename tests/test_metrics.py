@@ -9,20 +9,8 @@ import pytest
 
 from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.aggregate import aggregate
-from catalyst_ttt.metrics.stability import noise_allowance, stability_reasons, trajectory_stability
-from catalyst_ttt.metrics.statistics import (
-    ACCURACY,
-    DIFFERENCE,
-    Estimate,
-    PairedTest,
-    binomial_two_sided,
-    binomial_upper_tail,
-    bootstrap,
-    differences,
-    mcnemar,
-    variance_components,
-)
-from catalyst_ttt.schema import StabilityConfig
+from catalyst_ttt.metrics.stability import noise_allowance, trajectory_stability
+from catalyst_ttt.metrics.statistics import variance_components
 from helpers.cells import TASK
 from helpers.fakes import fake_result
 
@@ -82,8 +70,6 @@ def test_stability_of_a_rise_then_fall():
     assert stab["stab/peak"] == 0.75 and stab["stab/peak_step"] == 5
     assert stab["stab/final"] == 0 and stab["stab/drawdown"] == 0.75
     assert stab["stab/flips_w2c"] == 2 and stab["stab/flips_c2w"] == 3
-    reasons = stability_reasons(Estimate(0.0, None, None, 1), None, 0.75, 0.0, 0.0, StabilityConfig())
-    assert reasons == ["drawdown 0.750 > 0.1"]
 
 
 def test_flips_are_counted_per_item_not_from_accuracy():
@@ -110,101 +96,7 @@ def test_collapse_step_is_where_accuracy_falls_below_start_minus_noise_for_good(
     assert trajectory_stability([0], _curve([0.5]))["stab/collapse_step"] is None
 
 
-def test_stability_reasons_use_the_measured_gain_not_a_fixed_drop():
-    rule = StabilityConfig()
-    lowered = PairedTest(gains=1, losses=12, p=binomial_two_sided(1, 13), per_replicate=())
-    reasons = stability_reasons(Estimate(-0.1, -0.15, -0.04, 3), lowered, 0.0, 0.0, 0.0, rule)
-    assert len(reasons) == 1 and reasons[0].startswith("TTT lowered accuracy by 0.100 (McNemar p=0.0034")
-    # a drop larger than max_drop that the test cannot tell from noise is no reason
-    noisy = PairedTest(gains=0, losses=2, p=binomial_two_sided(0, 2), per_replicate=())
-    assert stability_reasons(Estimate(-0.06, None, None, 1), noisy, 0.0, 0.0, 0.0, rule) == []
-    # an interval wholly below -max_drop is, even when the pooled test is not significant
-    below = stability_reasons(Estimate(-0.2, -0.3, -0.08, 3), noisy, 0.0, 0.0, 0.0, rule)
-    assert below == ["gain interval [-0.300, -0.080] lies below -0.05"]
-    assert stability_reasons(Estimate(0.0, -0.01, 0.01, 3), noisy, 0.0, 0.8, 0.2, rule) == [
-        "replicate std of final 0.200 > 0.1",
-        "collapse 0.800 > 0.25",
-    ]
-
-
-# -- statistics ---------------------------------------------------------------------------
-
-
-def test_bootstrap_mean_is_the_plain_mean_and_the_interval_holds_it():
-    rows = [[1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 1, 0], [0, 1, 0, 0]]
-    estimate = bootstrap(rows, ACCURACY)
-    assert estimate.mean == pytest.approx(sum(map(sum, rows)) / 16) and estimate.n == 4
-    assert 0.0 <= estimate.low < estimate.mean < estimate.high <= 1.0
-    assert bootstrap(rows, ACCURACY) == estimate  # seeded: the same data gives the same interval
-
-
-def test_bootstrap_without_spread_has_a_point_interval():
-    items_vary = bootstrap([[1, 1, 0, 0]] * 3, ACCURACY)  # replicates agree, items still vary
-    assert items_vary.low < 0.5 < items_vary.high
-    flat = bootstrap([[0.3]] * 5, ACCURACY)
-    assert (flat.low, flat.mean, flat.high) == pytest.approx((0.3, 0.3, 0.3))
-
-
-def test_bootstrap_over_items_matches_the_binomial_standard_error():
-    items, p = 400, 0.3
-    rows = [[int(i < p * items) for i in range(items)]] * 3  # replicates agree: only items vary
-    estimate = bootstrap(rows, ACCURACY)
-    half = 1.96 * math.sqrt(p * (1 - p) / items)
-    assert (estimate.high - estimate.low) / 2 == pytest.approx(half, rel=0.15)
-    assert estimate.low < p < estimate.high
-
-
-def test_bootstrap_over_replicates_stays_in_their_range():
-    rows = [[0.1], [0.2], [0.6], [0.9]]
-    estimate = bootstrap(rows, ACCURACY)
-    assert estimate.mean == pytest.approx(0.45)
-    assert 0.1 <= estimate.low < 0.45 < estimate.high <= 0.9
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_paired_difference_intervals_never_leave_their_range(seed):
-    rng = random.Random(seed)
-    replicates, items = rng.randint(3, 6), rng.randint(1, 30)
-    bias = rng.choice([0.0, 0.5, 1.0])
-    new = [[int(rng.random() < bias) for _ in range(items)] for _ in range(replicates)]
-    old = [[int(rng.random() < 1 - bias) for _ in range(items)] for _ in range(replicates)]
-    diff = bootstrap(differences(new, old), DIFFERENCE)
-    assert -1.0 <= diff.low <= diff.mean <= diff.high <= 1.0
-    assert diff.mean == pytest.approx(
-        sum(map(sum, new)) / (replicates * items) - sum(map(sum, old)) / (replicates * items)
-    )
-
-
-def test_fewer_than_three_replicates_give_no_interval():
-    for rows in ([[1, 0]], [[1, 0], [0, 0]]):
-        estimate = bootstrap(rows, ACCURACY)
-        assert estimate.low is None and estimate.high is None and not estimate.has_interval
-    assert bootstrap([[1, 0], [0, 0]], ACCURACY).mean == 0.25
-    assert bootstrap([], ACCURACY).n == 0
-
-
-def test_exact_mcnemar_against_a_hand_computation():
-    new = [[1, 1, 1, 1, 1, 0, 0, 1], [1, 1, 1, 0, 0, 1, 1, 1]]
-    old = [[0, 0, 0, 0, 1, 1, 0, 1], [0, 0, 0, 1, 0, 1, 1, 1]]
-    test = mcnemar(new, old)
-    assert (test.gains, test.losses) == (7, 2)  # replicate 0: 4 up, 1 down; replicate 1: 3 up, 1 down
-    assert test.p == pytest.approx(2 * (math.comb(9, 0) + math.comb(9, 1) + math.comb(9, 2)) / 2**9)
-    assert test.per_replicate == pytest.approx((2 * (1 + 5) / 2**5, 2 * (1 + 4) / 2**4))
-    assert not test.higher and not test.lower  # p = 0.18
-    assert mcnemar([[1, 0]], [[1, 0]]).p == 1.0  # no discordant pair
-    strong = mcnemar([[1] * 10], [[0] * 10])
-    assert strong.p == pytest.approx(2 / 2**10) and strong.higher and not strong.lower
-
-
-def test_binomial_tails():
-    assert binomial_two_sided(5, 10) == 1.0
-    assert binomial_two_sided(0, 3) == pytest.approx(2 / 8)
-    assert binomial_upper_tail(3, 4, 0.5) == pytest.approx((math.comb(4, 3) + 1) / 16)
-    assert binomial_upper_tail(1, 50, 0.0) == 0.0 and binomial_upper_tail(0, 50, 0.0) == 1.0
-    # item counts of real splits pooled over replicates: C(n, i) alone would overflow a float
-    assert binomial_upper_tail(1, 8000, 0.001) == pytest.approx(1 - 0.999**8000)
-    assert binomial_upper_tail(4000, 8000, 0.0) == 0.0
-    assert binomial_two_sided(4000, 8000) == 1.0 and binomial_two_sided(3700, 8000) < 1e-9
+# -- statistics (the verdicts: tests/test_statistics.py) ----------------------------------
 
 
 def test_variance_components_against_a_hand_computation():
@@ -231,10 +123,9 @@ def test_aggregate_pools_replicates_of_one_configuration_only():
     results += [fake_result("correct", "process", 0, 0.3, 0.3, catalyst_n=64)]
     results += [fake_result("correct", "process", 0, 0.3, 0.3, task="arith")]
     results += [fake_result("correct", "process", 1, 0.3, 0.3, config={"ttt": {"steps": 1}})]
-    groups = aggregate(results, StabilityConfig())
+    groups = aggregate(results)
     assert sorted(len(g.cells) for g in groups) == [1, 1, 1, 3]
     pooled = next(g for g in groups if len(g.cells) == 3)
     assert pooled.key["catalyst_n"] == 256 and pooled.key["task"] == "alchemy"
     assert pooled.stats["start"].mean == pytest.approx(round(0.6 * 64) / 64)
     assert pooled.stats["gain"].mean == pytest.approx((round(0.65 * 64) - round(0.6 * 64)) / 64)
-    assert pooled.verdict == "stable"
