@@ -134,7 +134,7 @@ def generation_section(overrides: list[str]) -> None:
     import torch
 
     from catalyst_ttt.config import build_task, compose_cell
-    from catalyst_ttt.evaluation import generate
+    from catalyst_ttt.generation import generate
     from catalyst_ttt.models import with_chat_template
 
     cfg = compose_cell(overrides)
@@ -177,6 +177,7 @@ def ttt_batch_section(overrides: list[str]) -> None:
 
     from catalyst_ttt.config import build_task, compose_cell
     from catalyst_ttt.models import with_chat_template
+    from catalyst_ttt.pipeline import anchor_of
     from catalyst_ttt.signals import SIGNALS
     from catalyst_ttt.training import grpo, make_reward_function
 
@@ -190,9 +191,30 @@ def ttt_batch_section(overrides: list[str]) -> None:
             model, tokenizer = catalyst_model(cfg)
             problems = with_chat_template(task.splits(), tokenizer)["id"]
             by_prompt = {p.prompt: p for p in problems}
-            reward = make_reward_function(SIGNALS.get("majority"), cfg, task, by_prompt, model, tokenizer)
+            reward = make_reward_function(
+                SIGNALS.get("majority"),
+                task,
+                by_prompt,
+                model,
+                tokenizer,
+                signal_cfg=cfg.signal,
+                ttt=cfg.ttt,
+                seed=cfg.seed,
+            )
+            anchor, _ = anchor_of(cfg, [])
             started = time.perf_counter()
-            grpo(model, tokenizer, list(by_prompt), reward, cfg, task.completion_budget(problems), [])
+            grpo(
+                model,
+                tokenizer,
+                list(by_prompt),
+                reward,
+                task.completion_budget(problems),
+                [],
+                ttt=cfg.ttt,
+                anchor=anchor,
+                seed=cfg.seed,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
             best = min(best, time.perf_counter() - started)
         per_step = best / steps
         completions = prompts_per_step * cfg.ttt.num_generations
@@ -267,7 +289,7 @@ def bare_trl_seconds() -> dict[str, float]:
     from catalyst_ttt.config import build_task, compose_cell
     from catalyst_ttt.device import precision_args
     from catalyst_ttt.models import char_tokenizer, new_tiny_model, with_chat_template
-    from catalyst_ttt.regimes import catalyst_rows
+    from catalyst_ttt.pipeline import catalyst_data
 
     torch.set_num_threads(1)
     cfg = compose_cell(sweep_overrides(BENCH, "regime=correct", "signal=majority", "seed=0"))
@@ -306,7 +328,7 @@ def bare_trl_seconds() -> dict[str, float]:
         sft_phase(
             "base", Dataset.from_dict({"text": task.base_corpus()}), base.steps, base.batch_size, base.lr, base.seed
         )
-        rows = catalyst_rows("correct", splits["train"], task, cfg.regime, cfg.catalyst.n, cfg.seed)
+        rows, _ = catalyst_data(cfg, task, splits["train"])
         catalyst = cfg.catalyst
         sft_phase("catalyst", Dataset.from_list(rows), catalyst.steps, catalyst.batch_size, catalyst.lr, cfg.seed)
 

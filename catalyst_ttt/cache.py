@@ -3,7 +3,7 @@
 A checkpoint is built in a temporary directory and renamed into place under a file lock, so
 parallel cells never build the same one twice and a killed job never leaves one that looks done.
 Its key covers the config that determines it, the content of the task's data file and the code
-(`config.code_fingerprint`). Before every use, `key.json` must be that key and every file the build
+(`hashing.code_fingerprint`). Before every use, `key.json` must be that key and every file the build
 wrote must still hash as it did (`files.json`): a damaged checkpoint is rebuilt, with one warning.
 """
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from catalyst_ttt.config import code_fingerprint, config_hash, file_sha256
+from catalyst_ttt.hashing import code_fingerprint, config_hash, file_sha256
 from catalyst_ttt.results import acquire, new_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,10 @@ def cached_checkpoint(
     key_data: dict,
     build: Callable[[Path], None],
     owner: str,
-    timeout: float = 14400.0,
+    timeout: float,
 ) -> tuple[Path, bool]:
-    """The checkpoint for `key_data`, built by `build(tmp_dir)` if absent; returns (path, built)."""
+    """The checkpoint for `key_data`, built by `build(tmp_dir)` if absent, waiting up to `timeout` seconds
+    (`lock_timeout`) for another process building it; returns (path, built)."""
     root = Path(cache_dir) / kind
     root.mkdir(parents=True, exist_ok=True)
     full = keyed(key_data)

@@ -29,7 +29,8 @@ OVERRIDES = typer.Argument(
     None, metavar="OVERRIDES", help="Hydra overrides, e.g. regime=swapped signal=process ttt.steps=20"
 )
 SWEEP_NAME = typer.Argument("default", metavar="SWEEP", help="a sweep: sweeps/SWEEP.yaml (cttt list)")
-RUNS_DIR = typer.Option("runs", "--runs-dir", metavar="DIR", help="where the results store is")
+# Every command takes the results store as --runs-dir DIR; run and sweep also as the override runs_dir=DIR.
+RUNS_DIR = typer.Option(None, "--runs-dir", metavar="DIR", help="where the results store is (default: runs)")
 RESULTS_FROM = typer.Option(
     None,
     "--from",
@@ -75,6 +76,7 @@ def run(
     show: Optional[str] = typer.Option(
         None, "--cfg", metavar="job", help="print the composed config and run nothing (the one value: job)"
     ),
+    runs_dir: Optional[str] = RUNS_DIR,
 ) -> None:
     """Run one cell: base -> catalyst -> ttt -> eval.
 
@@ -82,13 +84,13 @@ def run(
     """
     from omegaconf import OmegaConf
 
-    from catalyst_ttt.config import compose_cell
+    from catalyst_ttt.config import compose_cell, with_runs_dir
     from catalyst_ttt.results import check_directory
 
     reject_options(ctx, overrides)
     if show not in (None, "job"):
         raise UserError(f"--cfg {show} is not valid; valid: job")
-    cfg = compose_cell(list(overrides or []))
+    cfg = compose_cell(with_runs_dir(list(overrides or []), runs_dir))
     if show:
         console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False, end="")
         return
@@ -121,7 +123,7 @@ def _print_cell(result: dict) -> None:
         console.print(f"ignition (id greedy, catalyst - none, before TTT): {result['ignition']:+.3f}")
     if result.get("error"):
         console.print(f"[red]{result['status']}:[/red] {escape(result['error'])}")
-    console.print(f"results: {result.get('config', {}).get('runs_dir', 'runs')}/{result['sweep']}/{result['cell']}/")
+    console.print(f"results: {result['config']['runs_dir']}/{result['sweep']}/{result['cell']}/")
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -135,12 +137,14 @@ def sweep(
     max_cells: Optional[int] = typer.Option(
         None, "--max-cells", help="the largest grid to run (default 1000: a guard against range(0,100000))"
     ),
+    runs_dir: Optional[str] = RUNS_DIR,
 ) -> None:
     """Run a sweep as a Hydra multirun; finished cells are skipped.
 
     Example: cttt sweep default seed=0 base.seed=0 --jobs 2
     """
     from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.config import with_runs_dir
     from catalyst_ttt.results import COMPLETE, check_directory
 
     reject_options(ctx, overrides)
@@ -148,7 +152,8 @@ def sweep(
         raise UserError(f"--jobs {jobs} is not valid; it must be >= 1")
     if max_cells is not None and max_cells < 1:
         raise UserError(f"--max-cells {max_cells} is not valid; it must be >= 1")
-    plan = sweeps.load_sweep(name, list(overrides or []), jobs, max_cells or sweeps.MAX_CELLS)
+    overrides = with_runs_dir(list(overrides or []), runs_dir)
+    plan = sweeps.load_sweep(name, overrides, jobs, max_cells or sweeps.MAX_CELLS)
     cells = plan.cells()
     if dry_run:
         _print_plan(plan, cells)
@@ -207,36 +212,27 @@ def _print_plan(sweep, cells) -> None:
 
 @app.command()
 @user_errors
-def status(name: str = SWEEP_NAME, runs_dir: str = RUNS_DIR) -> None:
+def status(name: str = SWEEP_NAME, runs_dir: Optional[str] = RUNS_DIR) -> None:
     """Cells done, running or failed, and the verdicts so far.
 
     Example: cttt status default
     """
     from catalyst_ttt import sweep as sweeps
+    from catalyst_ttt.config import quote, runs_dir_of
     from catalyst_ttt.report.loading import missing_sweep
     from catalyst_ttt.report.terminal import summary_of
-    from catalyst_ttt.results import cell_dirs, read_store, sweep_dir
+    from catalyst_ttt.results import read_store, state_counts, sweep_dir
 
-    known = name in sweeps.available_sweeps()
+    runs_dir = runs_dir_of(runs_dir)
     if not sweep_dir(runs_dir, name).is_dir():
-        if not known:
+        if name not in sweeps.available_sweeps():
             raise missing_sweep(runs_dir, name)
-        _print_unrun(sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]))
+        _print_unrun(sweeps.load_sweep(name, [f"runs_dir={quote(runs_dir)}"]))
         return
     store = read_store(runs_dir, name)
     results = store.results
-    states = {}
-    if known:
-        for cell in sweeps.load_sweep(name, [f"runs_dir={sweeps.quote(runs_dir)}"]).cells():
-            states[cell.id] = cell.state()
-    for cell in cell_dirs(runs_dir, name):  # cells of this sweep run with other overrides
-        if cell.cell not in states:
-            states[cell.cell] = cell.state((cell.result() or {}).get("config_hash", ""))
-    for result in results:  # finished cells whose directory holds only the result
-        states.setdefault(result["cell"], result["status"])
-    tally: dict[str, int] = {}
-    for state in states.values():
-        tally[state.split(":")[0]] = tally.get(state.split(":")[0], 0) + 1
+    states = sweeps.cell_states(name, runs_dir, results)
+    tally = state_counts(states.values())
     console.print(
         f"sweep [bold]{name}[/bold]: {len(states)} cells — " + ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     )
@@ -261,7 +257,7 @@ def _print_unrun(sweep) -> None:
 @user_errors
 def report(
     name: Optional[str] = typer.Argument(None, metavar="SWEEP", help="a sweep (default: default)"),
-    runs_dir: str = RUNS_DIR,
+    runs_dir: Optional[str] = RUNS_DIR,
     source: Optional[Path] = RESULTS_FROM,
     open_html: bool = typer.Option(False, "--open", help="open report.html in a browser"),
     wandb_log: bool = typer.Option(True, "--wandb/--no-wandb", help="also log the report as a W&B run"),
@@ -270,6 +266,7 @@ def report(
 
     Example: cttt report --from docs/results/default/results.jsonl
     """
+    from catalyst_ttt.config import runs_dir_of
     from catalyst_ttt.report import build, from_store, read_file
     from catalyst_ttt.report.answer import headline
     from catalyst_ttt.report.page import REPORT_HTML, REPORT_MD, write_report
@@ -283,6 +280,7 @@ def report(
             raise UserError(f"{source} holds sweep {cells.sweep!r}, not {name!r}")
         directory = source.parent
     else:
+        runs_dir = runs_dir_of(runs_dir)
         cells = from_store(runs_dir, name or "default")
         directory = sweep_dir(runs_dir, cells.sweep) / "report"
     result = build(cells)

@@ -7,14 +7,12 @@ misspelt key or a value of the wrong type fails before any compute, as one clear
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import json
 import math
 import re
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import get_type_hints
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -26,20 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from catalyst_ttt.anchors import anchor_parts, check_anchor
-from catalyst_ttt.device import check_device_options
+from catalyst_ttt.device import DEVICES
 from catalyst_ttt.errors import UserError, unknown_name
+from catalyst_ttt.hashing import PACKAGE_DIR, code_fingerprint, config_hash, file_sha256
 from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.regimes import REGIMES
-from catalyst_ttt.results import check_directory
-from catalyst_ttt.schema import (
-    CellConfig,
-    StabilityConfig,
-)
+from catalyst_ttt.results import check_directory, check_name
+from catalyst_ttt.schema import NON_SEMANTIC, CellConfig, StabilityConfig
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tasks import TASKS
 from catalyst_ttt.tasks.base import TRAINING_SPLITS
-
-PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def shipped_dir(name: str) -> Path:
@@ -60,17 +54,9 @@ for _name in TASKS.names():
         group="task", name=f"{_name}{SCHEMA_SUFFIX}", node={"name": _name, **asdict(TASKS.get(_name).config_class())}
     )
 
-# Keys that place or report a cell but do not change what it computes.
-NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "device", "lock_timeout")
 SEED_LIMIT = 2**32  # numpy and HF seeding refuse larger seeds
-# A sweep or cell name becomes a directory under runs_dir: one plain path component, short enough
-# for every file system (255 bytes) with the cell ids and lock files placed below it.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
-NAME_LIMIT = 100
-
-
-def config_hash(node: Any) -> str:
-    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:12]
+# Characters Hydra's lexer takes unquoted (ASCII only: it refuses `é` unquoted).
+PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]*[A-Za-z0-9_./:@-]")
 
 
 def compose_cell(overrides: list[str]) -> DictConfig:
@@ -168,6 +154,45 @@ def parse_overrides(lines: list[str], where: str) -> list[Override]:
         raise UserError(f"{where}: {' '.join(str(err).split())}") from None
 
 
+def quote(value) -> str:
+    """`value` (from YAML or a composed config) written so that Hydra's grammar reads back exactly
+    it: null, true/false, numbers, lists, and strings, quoted unless plain ASCII that reads back the same."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # 1e-05, inf, nan: Hydra reads each back as that float
+    if isinstance(value, list):
+        return "[" + ",".join(quote(v) for v in value) + "]"
+    if isinstance(value, dict):
+        raise UserError(f"{value!r}: a mapping is not a value here; give a name, number or list")
+    text = str(value)
+    if PLAIN.fullmatch(text) and OverridesParser.create().parse_override(f"k={text}").value() == text:
+        return text
+    # Inside quotes a backslash escapes only a quote or another backslash before a quote or the end.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+STORE_TWICE = "the results store is given twice; give --runs-dir DIR or runs_dir=DIR, not both"
+
+
+def with_runs_dir(overrides: list[str], runs_dir: str | None) -> list[str]:
+    """The command line's overrides with `--runs-dir DIR` as the override runs_dir=DIR: `cttt run` and
+    `cttt sweep` name the results store either way, once."""
+    if runs_dir is None:
+        return overrides
+    if any(o.key_or_group == "runs_dir" for o in parse_overrides(overrides, "the command line")):
+        raise UserError(STORE_TWICE)
+    return [*overrides, f"runs_dir={quote(runs_dir)}"]
+
+
+def runs_dir_of(runs_dir: str | None) -> str:
+    """The results store `cttt status` and `cttt report` read: `--runs-dir DIR`, else the schema's default."""
+    return CellConfig.runs_dir if runs_dir is None else runs_dir
+
+
 def _check_override(line: str, override: Override) -> None:
     """What Hydra would accept but a cell cannot mean: a deleted key, or a config group given
     several options (Hydra merges them, the last silently winning) or none."""
@@ -251,14 +276,13 @@ def validate(cfg: DictConfig) -> None:
             "from scratch: use model=tiny, or catalyst.from_scratch=false"
         )
     check_anchor(cfg.ttt)
-    check_device_options(cfg)
+    _check_device_options(cfg)
     if cfg.ttt.anchor != "none" and SIGNALS.get(cfg.signal.name).trainer != "grpo":
-        grpo = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
         raise UserError(
             f"ttt.anchor={cfg.ttt.anchor} anchors GRPO, which signal {cfg.signal.name} does not train with; "
-            f"use ttt.anchor=none or a GRPO signal: {', '.join(grpo)}"
+            f"use ttt.anchor=none or a GRPO signal: {_grpo_signals()}"
         )
-    if not SIGNALS.get(cfg.signal.name).rewards and "replay" not in anchor_parts(cfg.ttt.anchor):
+    if not SIGNALS.get(cfg.signal.name).reward_varies and "replay" not in anchor_parts(cfg.ttt.anchor):
         raise UserError(
             f"signal {cfg.signal.name} trains nothing without a replay anchor; use ttt.anchor=replay or kl+replay"
         )
@@ -281,6 +305,31 @@ def validate(cfg: DictConfig) -> None:
         check_model_reference(cfg.model.name_or_path, "model.name_or_path")
     if cfg.metrics.ig.scorer:
         check_model_reference(cfg.metrics.ig.scorer, "metrics.ig.scorer")
+
+
+def _check_device_options(cfg: DictConfig) -> None:
+    """Config rules of placement and generation: a known device, vLLM only for GRPO and off the CPU,
+    and micro-batches that divide a TTT step's sequences."""
+    if cfg.device not in DEVICES:
+        raise UserError(f"device={cfg.device!r} is not valid; valid: {', '.join(DEVICES)}")
+    t = cfg.ttt
+    if t.use_vllm and cfg.device == "cpu":
+        raise UserError("ttt.use_vllm=true needs a GPU; vLLM never runs on the CPU: use ttt.use_vllm=false")
+    if t.use_vllm and SIGNALS.get(cfg.signal.name).trainer != "grpo":
+        raise UserError(
+            f"ttt.use_vllm=true generates for GRPO, which signal {cfg.signal.name} does not train with; "
+            f"use ttt.use_vllm=false or a GRPO signal: {_grpo_signals()}"
+        )
+    sequences = t.prompts_per_step * t.num_generations
+    if t.micro_batch_size is not None and sequences % t.micro_batch_size:
+        raise UserError(
+            f"ttt.micro_batch_size={t.micro_batch_size} is not valid; it must divide the {sequences} sequences "
+            "of a TTT step (ttt.prompts_per_step x ttt.num_generations)"
+        )
+
+
+def _grpo_signals() -> str:
+    return ", ".join(n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo")
 
 
 def check_sampled_splits(names, task) -> None:
@@ -349,15 +398,6 @@ def _check_range(key: str, value, rule: tuple[float, float, bool]) -> None:
 def _check_choice(key: str, value, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise UserError(f"{key}={value!r} is not valid; valid: {', '.join(valid)}")
-
-
-def check_name(name: str, what: str) -> None:
-    """A name that becomes a directory must stay one component inside its parent."""
-    text = str(name)
-    if len(text) > NAME_LIMIT:
-        raise UserError(f"{what}={text[:20]!r}... is not valid; it has {len(text)} characters, at most {NAME_LIMIT}")
-    if not SAFE_NAME.fullmatch(text) or ".." in text:
-        raise UserError(f"{what}={name!r} is not valid; use letters, digits and _ . = - (no '/', no '..')")
 
 
 def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
@@ -430,61 +470,6 @@ def data_fingerprint(path: str | None) -> str | None:
     if not path or not Path(path).is_file():
         return None
     return file_sha256(Path(path))
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's content, hashed once per process while its mtime and size stay."""
-    stat = path.stat()
-    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # mtime and size key the cache
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# Modules that never change what a cell computes, only how cells are configured, launched, stored, judged
-# and presented: editing them keeps every cached checkpoint and finished cell. Every other module counts.
-NOT_COMPUTING = (
-    "__main__.py",
-    "bench.py",
-    "cache.py",
-    "cli.py",
-    "config.py",
-    "errors.py",
-    "gpu_check.py",
-    "hypotheses.py",
-    "metrics/aggregate.py",
-    "metrics/statistics.py",
-    "quiet.py",
-    "registry.py",
-    "report",
-    "results.py",
-    "simulation.py",
-    "sweep.py",
-    "tracking.py",
-)
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """The package version and a hash of the source that computes cells, for cache keys and cell hashes."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        release = version("catalyst-ttt")
-    except PackageNotFoundError:
-        release = "unreleased"
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        name = path.relative_to(PACKAGE_DIR).as_posix()
-        if not name.startswith(NOT_COMPUTING):
-            digest.update(name.encode() + b"\0" + path.read_bytes())
-    return f"{release}+{digest.hexdigest()[:12]}"
 
 
 def task_key(cfg: DictConfig) -> dict:

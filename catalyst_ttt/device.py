@@ -14,39 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 
-from omegaconf import DictConfig
-
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.signals import SIGNALS
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # `device`; config.validate checks the choice and its vLLM and micro-batch rules
 # No vLLM release fits the pinned stack yet (docs/gpu.md): say so where a user asks for it.
 VLLM_MISSING = (
     "ttt.use_vllm=true needs vLLM, which is not installed; no vLLM release supports torch 2.13.0 with "
     "transformers 5.24.0 yet (docs/gpu.md): use ttt.use_vllm=false"
 )
-
-
-def check_device_options(cfg: DictConfig) -> None:
-    """Config rules of placement and generation: a known device, vLLM only for GRPO and off the CPU,
-    and micro-batches that divide a TTT step's sequences."""
-    if cfg.device not in DEVICES:
-        raise UserError(f"device={cfg.device!r} is not valid; valid: {', '.join(DEVICES)}")
-    t = cfg.ttt
-    if t.use_vllm and cfg.device == "cpu":
-        raise UserError("ttt.use_vllm=true needs a GPU; vLLM never runs on the CPU: use ttt.use_vllm=false")
-    if t.use_vllm and SIGNALS.get(cfg.signal.name).trainer != "grpo":
-        grpo = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
-        raise UserError(
-            f"ttt.use_vllm=true generates for GRPO, which signal {cfg.signal.name} does not train with; "
-            f"use ttt.use_vllm=false or a GRPO signal: {', '.join(grpo)}"
-        )
-    sequences = t.prompts_per_step * t.num_generations
-    if t.micro_batch_size is not None and sequences % t.micro_batch_size:
-        raise UserError(
-            f"ttt.micro_batch_size={t.micro_batch_size} is not valid; it must divide the {sequences} sequences "
-            "of a TTT step (ttt.prompts_per_step x ttt.num_generations)"
-        )
 
 
 def resolve_device(requested: str, use_vllm: bool = False) -> str:

@@ -1,70 +1,15 @@
-"""The eval suite: batched generation on every split, then accuracy, process and sample metrics."""
+"""The eval suite: greedy and sampled completions of every split, then accuracy, process and sample metrics."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import torch
-
+from catalyst_ttt.generation import generate
 from catalyst_ttt.metrics.accuracy import agreement, maj_at_k, pass_at_k
 from catalyst_ttt.metrics.process import process_item
-from catalyst_ttt.results import TRAJECTORY
 from catalyst_ttt.schema import EvalConfig
 from catalyst_ttt.tasks.base import Problem, Task
-
-
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    max_new_tokens: int,
-    *,
-    samples: int = 0,
-    temperature: float = 1.0,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> list[list[str]]:
-    """Greedy completion (samples=0) or `samples` sampled completions per prompt.
-
-    Sampling draws from a forked RNG seeded with `seed` (the model's GPU's too, where it samples):
-    evaluating never moves the training stream, so turning the trajectory on or changing
-    `eval_every` cannot change what TTT trains.
-    """
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        return _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size)
-
-
-def _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size) -> list[list[str]]:
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    per_batch = max(1, batch_size // max(1, samples))
-    out: list[list[str]] = []
-    for start in range(0, len(prompts), per_batch):
-        chunk = prompts[start : start + per_batch]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        kwargs = (
-            dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=samples)
-            if samples
-            else dict(do_sample=False)
-        )
-        ids = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            repetition_penalty=1.0,  # not a checkpoint's own default (Qwen's instruct models ship 1.05)
-            **kwargs,
-        )
-        texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        group = samples or 1
-        out += [texts[i : i + group] for i in range(0, len(texts), group)]
-    model.train(was_training)
-    return out
 
 
 @dataclass
@@ -127,18 +72,18 @@ class Trajectory:
 
     SPLITS = ("id", "heldout")
 
-    def __init__(
-        self, task: Task, splits: dict[str, list[Problem]], cfg: EvalConfig, seed: int, tokenizer, tracker, store
-    ):
+    def __init__(self, task: Task, splits: dict[str, list[Problem]], cfg: EvalConfig, seed: int, tokenizer, tracker):
         self.task, self.cfg, self.seed, self.tokenizer = task, cfg, seed, tokenizer
         self.subsets = {name: splits[name][: cfg.trajectory_size] for name in self.SPLITS}
-        self.tracker, self.store = tracker, store
+        self.tracker = tracker
         self.rows: list[dict] = []
         self.seconds = 0.0  # spent evaluating, for the cell's timing
 
-    def record(self, step: int, model) -> None:
+    def record(self, step: int, model) -> list[dict]:
+        """Evaluate the subsets at `step` (once per step) and log them; returns every row so far, which the
+        cell's record keeps in the results store."""
         if self.rows and self.rows[-1]["step"] == step:
-            return
+            return self.rows
         started = time.perf_counter()
         row: dict = {"step": step}
         for name, problems in self.subsets.items():
@@ -150,10 +95,10 @@ class Trajectory:
             }
         self.rows.append(row)
         self.seconds += time.perf_counter() - started
-        self.store.write(TRAJECTORY, self.rows)
         self.tracker.log_step(
             step, {f"traj/{name}/{key}": row[name][key] for name in self.subsets for key in ("acc", "step_validity")}
         )
+        return self.rows
 
     def steps(self) -> list[int]:
         return [row["step"] for row in self.rows]

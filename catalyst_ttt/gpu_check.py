@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import resolve_device
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from catalyst_ttt.models import load_pretrained
 from catalyst_ttt.pipeline import run_cell
 from catalyst_ttt.quiet import quiet_libraries
@@ -118,7 +118,7 @@ def build_model_and_data(directory: Path, size: str, seed: int = 0) -> tuple[Pat
 
 
 def generation_throughput(model_dir: Path, device: str, new_tokens: int, sequences: int = 128) -> float:
-    """Tokens per second of `evaluation.generate` (greedy, one batch) on the model as built."""
+    """Tokens per second of `generation.generate` (greedy, one batch) on the model as built."""
     model, tokenizer = load_pretrained(str(model_dir), device=device)
     prompts = [f"Problem {i}: how many apples are left?" for i in range(sequences)]
     generate(model, tokenizer, prompts[:8], 4, batch_size=8)  # warm-up: kernels, allocator
@@ -153,7 +153,7 @@ def run_check(out: Path, size: str, device: str, overrides: list[str]) -> dict:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         result = run_cell(cfg)
-        report["cells"][name] = cell_summary(result, cfg) | {"peak_gpu_memory_gib": _peak_memory_gib()}
+        report["cells"][name] = cell_summary(result) | {"peak_gpu_memory_gib": _peak_memory_gib()}
     report["device"] = result.get("device")
     report["generate_tokens_per_s"] = generation_throughput(model_dir, result["device"]["device"], tokens)
     report["wall_s"] = time.perf_counter() - started
@@ -161,19 +161,20 @@ def run_check(out: Path, size: str, device: str, overrides: list[str]) -> dict:
     return report
 
 
-def cell_summary(result: dict, cfg) -> dict:
+def cell_summary(result: dict) -> dict:
     """Status, phase times, and TTT throughput: completion tokens GRPO generated and trained on per
     second of TTT (the trajectory's evaluations left out)."""
-    timing = result.get("timing", {})
+    timing, config = result.get("timing", {}), result["config"]
+    ttt = config["ttt"]
     summary = {
         "status": result["status"],
         "error": result.get("error"),
-        "result": str(Path(cfg.runs_dir) / cfg.sweep / result["cell"] / "result.json"),
+        "result": str(Path(config["runs_dir"]) / result["sweep"] / result["cell"] / "result.json"),
         "seconds": {k: round(v, 1) for k, v in timing.items()},
     }
     mean_length = result.get("ttt", {}).get("ttt/completions/mean_length")
     if mean_length is not None:
-        sequences = cfg.ttt.steps * cfg.ttt.prompts_per_step * cfg.ttt.num_generations
+        sequences = ttt["steps"] * ttt["prompts_per_step"] * ttt["num_generations"]
         summary["ttt_tokens_per_s"] = mean_length * sequences / (timing["ttt_s"] - timing["trajectory_s"])
     return summary
 

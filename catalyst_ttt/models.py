@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -18,7 +17,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from catalyst_ttt.cache import cached_checkpoint
 from catalyst_ttt.device import uses_bf16
 from catalyst_ttt.errors import UserError, first_line
 from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
@@ -54,18 +52,6 @@ def new_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: i
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
-
-
-def untrained_checkpoint(cfg: DictConfig, key: dict, owner: str) -> str:
-    """The tiny model as initialised with `base.seed`, never trained, from the phase cache: where a
-    `catalyst.from_scratch` catalyst starts (Stechly et al.'s protocol: no base pretraining)."""
-
-    def build(directory: Path) -> None:
-        tokenizer = char_tokenizer()
-        save_checkpoint(new_tiny_model(cfg.model, tokenizer, cfg.base.seed), tokenizer, directory)
-
-    path, _ = cached_checkpoint(cfg.cache_dir, "scratch", key, build, owner, cfg.lock_timeout)
-    return str(path)
 
 
 def load_tokenizer(name_or_path: str, cfg: ModelConfig | None = None):

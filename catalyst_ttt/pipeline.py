@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import set_seed
 
-from catalyst_ttt.anchors import kl_beta, replay_weight
+from catalyst_ttt.anchors import Anchor, resolve_anchor
 from catalyst_ttt.cache import beside_checkpoint, cached_checkpoint
 from catalyst_ttt.checkpoints import (
     BASE_EVAL,
@@ -42,7 +42,6 @@ from catalyst_ttt.models import (
     load_tokenizer,
     new_tiny_model,
     save_checkpoint,
-    untrained_checkpoint,
     with_chat_template,
     with_lora,
 )
@@ -64,7 +63,7 @@ from catalyst_ttt.training import (
 def run_cell(cfg: DictConfig) -> dict:
     """Run one cell (or return its finished result); `result.json` is written atomically."""
     record = CellRecord(cfg)
-    if finished := record.finished():
+    if finished := record.finished_or_claim():
         return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
     device = resolve_device(cfg.device, cfg.ttt.use_vllm)  # so is asking for a GPU that is not there
@@ -98,12 +97,18 @@ def run_cell(cfg: DictConfig) -> dict:
         # 3. ttt: the signal on the unlabeled id prompts (training a LoRA adapter with ttt.lora), with the
         # trajectory recorded
         model = with_lora(model, cfg.ttt.lora)
-        trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker, record.store)
-        result["anchor"], replay = anchor_of(cfg, rows)
+        trajectory = Trajectory(task, splits, cfg.eval, cfg.seed, tokenizer, tracker)
+
+        def evaluate_trajectory(step: int) -> None:  # at the start, every ttt.eval_every steps and the end
+            record.write_trajectory(trajectory.record(step, model))
+
+        anchor, result["anchor"] = anchor_of(cfg, rows)
         with record.phase("ttt"):
-            trajectory.record(0, model)
-            last_step = train_at_test_time(cfg, task, splits["id"], model, tokenizer, trajectory, tracker, replay)
-            trajectory.record(last_step, model)
+            evaluate_trajectory(0)
+            last_step = train_at_test_time(
+                cfg, task, splits["id"], model, tokenizer, evaluate_trajectory, tracker, anchor
+            )
+            evaluate_trajectory(last_step)
         result["ttt"] = tracker.means(("ttt/", "ttrl/"))  # TTT diagnostics, averaged over logged steps
         result["timing"]["trajectory_s"] = trajectory.seconds  # part of ttt_s
         # 4. eval: every split (without TTT the start's), information gain under the reader, stability
@@ -177,9 +182,15 @@ def floor_gate(cfg: DictConfig, items: dict) -> dict | None:
 def start_probes(cfg, task, splits, model, start_ref: str, base_ref: str, tokenizer) -> dict:
     """The probes of the TTT start point (metrics/probes.py), measured once per cached checkpoint."""
     key = [plain(cfg.metrics.probes), cfg.eval.max_per_split]
-    return cached_beside(
-        cfg, start_ref, "probes", key, lambda: catalyst_probes(cfg, task, splits, model, base_ref, tokenizer)
-    )
+    problems = splits["id"][: cfg.eval.max_per_split]
+
+    def base_model():  # the model before the catalyst (regime none: the start itself)
+        return model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model, model.device)[0]
+
+    def measure() -> dict:
+        return catalyst_probes(cfg.metrics.probes, task, problems, model, tokenizer, cfg.eval.batch_size, base_model)
+
+    return cached_beside(cfg, start_ref, "probes", key, measure)
 
 
 def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]], model, tokenizer) -> dict:
@@ -192,6 +203,13 @@ def evaluate_splits(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]
         for name, items in splits.items()
         if name not in TRAINING_SPLITS
     }
+
+
+def phase_checkpoint(cfg: DictConfig, kind: str, key: dict, build: Callable[[Path], None], owner: str):
+    """The `kind` checkpoint for `key` from the phase cache, built by `build(directory)` when absent: its path,
+    and how this cell came by it as result.json records it ("trained" or "cached")."""
+    path, built = cached_checkpoint(cfg.cache_dir, kind, key, build, owner, cfg.lock_timeout)
+    return str(path), "trained" if built else "cached"
 
 
 def base_checkpoint(cfg: DictConfig, task: Task, owner: str, device: str) -> tuple[str, str]:
@@ -215,8 +233,18 @@ def base_checkpoint(cfg: DictConfig, task: Task, owner: str, device: str) -> tup
         )
         save_checkpoint(model, tokenizer, directory)
 
-    path, built = cached_checkpoint(cfg.cache_dir, "base", base_key(cfg), build, owner, cfg.lock_timeout)
-    return str(path), "trained" if built else "cached"
+    return phase_checkpoint(cfg, "base", base_key(cfg), build, owner)
+
+
+def scratch_checkpoint(cfg: DictConfig, owner: str) -> str:
+    """The tiny model as initialised with `base.seed`, never trained, from the phase cache: where a
+    `catalyst.from_scratch` catalyst starts (Stechly et al.'s protocol: no base pretraining)."""
+
+    def build(directory: Path) -> None:
+        tokenizer = char_tokenizer()
+        save_checkpoint(new_tiny_model(cfg.model, tokenizer, cfg.base.seed), tokenizer, directory)
+
+    return phase_checkpoint(cfg, "scratch", scratch_key(cfg), build, owner)[0]
 
 
 def catalyst_data(cfg: DictConfig, task: Task, pool: list[Problem]) -> tuple[list[dict], dict]:
@@ -231,16 +259,17 @@ def catalyst_checkpoint(cfg: DictConfig, rows: list[dict], base_ref: str, owner:
     if not rows:
         return base_ref, "skipped"
     c = cfg.catalyst
-    origin = untrained_checkpoint(cfg, scratch_key(cfg), owner) if c.from_scratch else base_ref
+    origin = scratch_checkpoint(cfg, owner) if c.from_scratch else base_ref
     key = catalyst_key(cfg, checkpoint_name(cfg, origin))
     schedule = (c.steps, c.batch_size, c.lr, cfg.seed)
-    path, built = fine_tuned(cfg, origin, rows, schedule, "catalyst", key, owner, device)
-    return path, "trained" if built else "cached"
+    return sft_checkpoint(cfg, origin, rows, schedule, "catalyst", key, owner, device)
 
 
-def fine_tuned(cfg, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str, device: str):
+def sft_checkpoint(
+    cfg, base_ref: str, rows: list[dict], schedule: tuple, kind: str, key: dict, owner: str, device: str
+) -> tuple[str, str]:
     """The base SFT'd on `device` on prompt/completion `rows` with (steps, batch_size, lr, seed), from the
-    phase cache."""
+    phase cache (`phase_checkpoint`: its path, and "trained" or "cached")."""
     steps, batch_size, lr, seed = schedule
 
     def build(directory: Path) -> None:
@@ -253,42 +282,68 @@ def fine_tuned(cfg, base_ref: str, rows: list[dict], schedule: tuple, kind: str,
             batch_size=batch_size,
             lr=lr,
             seed=seed,
-            max_length=sft_max_length(cfg),
+            max_length=sft_max_length(cfg.model),
         )
         save_checkpoint(model, tokenizer, directory)
 
-    path, built = cached_checkpoint(cfg.cache_dir, kind, key, build, owner, cfg.lock_timeout)
-    return str(path), built
+    return phase_checkpoint(cfg, kind, key, build, owner)
 
 
-def anchor_of(cfg: DictConfig, catalyst: list[dict]) -> tuple[dict, list[dict]]:
-    """The anchor's resolved weights for result.json, and the rows replay trains on: the very rows the
-    catalyst was trained on (none for regime `none`, where replay is a no-op, noted)."""
-    weight = replay_weight(cfg.ttt)
-    rows = catalyst if weight else []
-    info = {"anchor": cfg.ttt.anchor, "beta": kl_beta(cfg.ttt), "replay_weight": weight, "replay_rows": len(rows)}
-    if weight and not rows:
+def anchor_of(cfg: DictConfig, catalyst: list[dict]) -> tuple[Anchor, dict]:
+    """The cell's anchor, resolved once (replay trains on the very rows the catalyst was trained on), and
+    what result.json records of it (for regime `none`, which has no rows, replay is a no-op, noted)."""
+    anchor = resolve_anchor(cfg.ttt, catalyst, cfg.catalyst.batch_size, sft_max_length(cfg.model))
+    info = anchor.summary()
+    if anchor.replay_weight and not anchor.replay_rows:
         info["note"] = f"regime {cfg.regime.name} has no catalyst rows: replay is a no-op"
-    return info, rows
+    return anchor, info
 
 
-def train_at_test_time(cfg, task: Task, problems, model, tokenizer, trajectory, tracker, replay=()) -> int:
-    """Train on the id prompts without their labels (GRPO replays `replay` rows when its anchor says
-    so); returns the number of TTT steps taken."""
+def train_at_test_time(
+    cfg, task: Task, problems, model, tokenizer, on_eval: Callable[[int], None], tracker, anchor: Anchor
+) -> int:
+    """Train on the id prompts without their labels (GRPO with the cell's `anchor`), calling `on_eval(step)`
+    every `ttt.eval_every` steps; returns the number of TTT steps taken."""
     signal = SIGNALS.get(cfg.signal.name)
     if signal.trainer is None or cfg.ttt.steps == 0:
         return 0
     hook = StepHook(
         on_log=tracker.log_step,
-        on_eval=lambda step: trajectory.record(step, model),
+        on_eval=on_eval,
         every=cfg.ttt.eval_every if cfg.eval.trajectory else cfg.ttt.steps + 1,
     )
     prompts = [p.prompt for p in problems]
     if signal.trainer == "grpo":
-        reward_fn = make_reward_function(signal, cfg, task, {p.prompt: p for p in problems}, model, tokenizer)
-        grpo(model, tokenizer, prompts, reward_fn, cfg, task.completion_budget(problems), [hook], replay)
+        by_prompt = {p.prompt: p for p in problems}
+        reward_fn = make_reward_function(
+            signal, task, by_prompt, model, tokenizer, signal_cfg=cfg.signal, ttt=cfg.ttt, seed=cfg.seed
+        )
+        grpo(
+            model,
+            tokenizer,
+            prompts,
+            reward_fn,
+            task.completion_budget(problems),
+            [hook],
+            ttt=cfg.ttt,
+            anchor=anchor,
+            seed=cfg.seed,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         return cfg.ttt.steps
-    return self_train(model, tokenizer, prompts, task, cfg, hook, tracker)
+    return self_train(
+        model,
+        tokenizer,
+        prompts,
+        task,
+        hook,
+        tracker,
+        ttt=cfg.ttt,
+        signal_cfg=cfg.signal,
+        seed=cfg.seed,
+        generation_batch_size=cfg.eval.batch_size,
+        max_length=sft_max_length(cfg.model),
+    )
 
 
 @dataclass
@@ -312,8 +367,7 @@ def ig_reader(
         return Reader(load_pretrained(ig.scorer, cfg.model, device)[0], None)
     rows = reader_rows(task, splits["reader"])
     key = reader_key(cfg, checkpoint_name(cfg, base_ref))
-    path, built = fine_tuned(cfg, base_ref, rows, tuple(key["reader"]), "reader", key, owner, device)
-    phases["reader"] = "trained" if built else "cached"
+    path, phases["reader"] = sft_checkpoint(cfg, base_ref, rows, tuple(key["reader"]), "reader", key, owner, device)
     return Reader(load_pretrained(path, cfg.model, device)[0], Path(path))
 
 

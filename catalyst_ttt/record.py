@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from catalyst_ttt.config import cell_identity
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
-from catalyst_ttt.results import GATED, RESULT, SAMPLES, CellDir
+from catalyst_ttt.results import GATED, RESULT, SAMPLES, TRAJECTORY, CellDir
 from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import divergence_of
@@ -52,9 +52,9 @@ class CellRecord:
         self.result: dict = {}
         self.current_phase = "start"
 
-    def finished(self) -> dict | None:
-        """The stored result when this exact config already ran to the end; otherwise the cell's lock
-        is taken (waiting for another process running it) and held until the result is written."""
+    def finished_or_claim(self) -> dict | None:
+        """The stored result when this exact config already ran to the end; otherwise None, with the cell's
+        lock taken (after waiting for another process running it) and held until the result is written."""
         if self.store.is_done(self.config_hash) or not self.store.claim(self.config_hash, self.cfg.lock_timeout):
             return self.store.result()
         return None
@@ -76,7 +76,7 @@ class CellRecord:
             "status": "failed",
             "uses_labels": uses_labels,
             "access": signal.access_of(cfg.signal),
-            "rewarded": signal.rewards,
+            "rewarded": signal.reward_varies,
             "axes": axes_of(cfg),
             "config": config,
             "host": socket.gethostname(),
@@ -126,6 +126,10 @@ class CellRecord:
             yield
         finally:
             self.result["timing"][f"{name}_s"] = time.perf_counter() - started
+
+    def write_trajectory(self, rows: list[dict]) -> None:
+        """The trajectory so far (evaluation.Trajectory's rows), rewritten at every point it records."""
+        self.store.write(TRAJECTORY, rows)
 
     def add_evaluation(self, evaluated: dict, trajectory) -> None:
         """The final eval's metrics and per-item correctness, and stability over the trajectory."""

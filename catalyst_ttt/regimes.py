@@ -92,8 +92,3 @@ def catalyst_sample(pool: list[Problem], n: int, seed: int) -> list[Problem]:
     """The seeded sample of n problems of the catalyst pool a cell's catalyst is built from. A cell never
     asks for more than the pool holds (`config.check_sizes` refuses it)."""
     return random.Random(seed).sample(pool, min(n, len(pool)))
-
-
-def catalyst_rows(name: str, pool: list[Problem], task: Task, cfg: RegimeConfig, n: int, seed: int) -> list[dict]:
-    """The regime applied to the cell's sample of the catalyst pool; regime `none` uses no row."""
-    return REGIMES.get(name)(catalyst_sample(pool, n, seed), task, cfg, seed)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,10 @@ COMPLETE = ("done", "diverged", GATED)  # a cell in one of these states is never
 FINAL = (*COMPLETE, "failed", "interrupted")  # the statuses a run of a cell ends with
 LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
 HOST = socket.gethostname()
+# A sweep or cell name becomes a directory under runs_dir: one plain path component, short enough
+# for every file system (255 bytes) with the cell ids and lock files placed below it.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
+NAME_LIMIT = 100
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -238,6 +245,11 @@ class CellDir:
         write_json(self.path / name, data)
 
 
+def state_counts(states: Iterable[str]) -> Counter:
+    """How many cells are in each state (`CellDir.state`), with running/stale counted whatever their phase."""
+    return Counter(state.split(":")[0] for state in states)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:  # kill(0 or -1, 0) would ask about a whole process group, not one process
         return False
@@ -250,10 +262,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a directory must stay one component inside its parent."""
+    text = str(name)
+    if len(text) > NAME_LIMIT:
+        raise UserError(f"{what}={text[:20]!r}... is not valid; it has {len(text)} characters, at most {NAME_LIMIT}")
+    if not SAFE_NAME.fullmatch(text) or ".." in text:
+        raise UserError(f"{what}={name!r} is not valid; use letters, digits and _ . = - (no '/', no '..')")
+
+
 def sweep_dir(runs_dir: str | Path, sweep: str) -> Path:
     """A sweep's directory, which must stay inside runs_dir."""
-    from catalyst_ttt.config import check_name
-
     check_name(sweep, "sweep")
     return Path(runs_dir) / sweep
 

@@ -33,6 +33,12 @@ class RegimeConfig:
     match_steps: bool = True  # swapped: borrow a trace with the same number of steps
 
 
+# What a signal reads (docs/signals.md), from least to most: the policy alone; a step checker that cannot tell
+# whether the chain solves the problem; a step checker whose all-valid chain fixes the answer; the gold answers.
+ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
+ACCESS_MARKS = {"gold": "†", "perfect verifier": "‡"}  # tables mark the signals that are ceilings, not TTT methods
+
+
 @dataclass
 class SignalConfig:
     name: str = "majority"
@@ -132,6 +138,16 @@ class StabilityConfig:
     trap_drop: float = 0.05  # the accuracy trap: step validity or IG fell by more than this while accuracy rose
 
 
+@dataclass(frozen=True)
+class ProbeReading:
+    """How the report words a TTT start's probes (metrics/probes.py, docs/statistics.md). No verdict reads
+    them, so they are not part of a cell's config."""
+
+    reads_trace: float = 0.5  # the model reads its trace when it writes some trace's own answer this often
+    skill_loss: float = 0.10  # the atomic skill "fell" when start is below base by more than this
+    format_floor: float = 0.5  # below this format rate the model mostly does not write the trace format
+
+
 @dataclass
 class IGConfig:
     """Information gain under a fixed reader: the base SFT'd once on the task's `reader` pool."""
@@ -164,6 +180,11 @@ class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "catalyst-ttt"
     entity: str | None = None
+
+
+# Keys of CellConfig that place or report a cell but do not change what it computes: no cell or checkpoint
+# hash covers them.
+NON_SEMANTIC = ("sweep", "runs_dir", "cache_dir", "wandb", "threads", "device", "lock_timeout")
 
 
 @dataclass

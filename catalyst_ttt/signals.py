@@ -15,21 +15,19 @@ gold answers for diagnostics outside the signal (see `training.make_reward_funct
 from __future__ import annotations
 
 import math
-import operator
 import random
 from dataclasses import dataclass, field
 from typing import Callable
 
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.registry import Registry
-from catalyst_ttt.schema import SignalConfig
+from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig
 from catalyst_ttt.tasks.base import TASKS, Parsed, Problem, Task
+from catalyst_ttt.votes import majority_answer, votes_of
 
-# What a signal reads, from least to most: the policy alone; a step checker that cannot tell
-# whether the chain solves the problem; a step checker whose all-valid chain fixes the answer;
-# the gold answers.
-ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
-ACCESS_MARKS = {"intrinsic": "", "partial verifier": "", "perfect verifier": "‡", "gold": "†"}
+# Sequences per generate call for cross_view's views (a default GRPO step's views fit in one call). Not
+# eval.batch_size: the batch shapes which samples a seed draws, so tying the two would change the rewards.
+CROSS_VIEW_BATCH = 256
 
 
 @dataclass
@@ -56,25 +54,21 @@ class RewardBatch:
 class Signal:
     name: str
     trainer: str | None  # "grpo", "sft" or None (no TTT)
-    rule: Callable  # grpo: (RewardBatch, SignalConfig) -> [float | None]; sft: the row filter
+    rule: Callable  # the registered function. grpo: (RewardBatch, SignalConfig) -> [float | None]; sft: row filter
     access: str = "intrinsic"  # its class with the default config
     reads_reference: bool = False  # `signal.reference=gold` makes it read gold answers
     needs_full_verifier: bool = False
     needs_format_shift: bool = False
     unscored: str = "zero"  # what a completion without an answer gets: "zero" or "group_min"
-    rewards: bool = True  # False: a control whose reward never varies (no "did not train" verdict for it)
+    reward_varies: bool = True  # False: a control whose reward never varies (no "did not train" verdict for it)
 
     @property
     def description(self) -> str:
         """The first sentence of the rule's docstring."""
         return " ".join((self.rule.__doc__ or "").strip().split("\n\n")[0].split())
 
-    @property
-    def reward(self) -> Callable[[RewardBatch, SignalConfig], list[float]] | None:
-        return self.score if self.trainer == "grpo" else None
-
-    def score(self, batch: RewardBatch, cfg: SignalConfig) -> list[float]:
-        """The rule's rewards with every unscored completion at the signal's floor."""
+    def rewards(self, batch: RewardBatch, cfg: SignalConfig) -> list[float]:
+        """What GRPO trains on: the rule's rewards, with every unscored completion (None) at the signal's floor."""
         raw = self.rule(batch, cfg)
         rewards: list[float] = []
         for group in batch.groups():
@@ -121,34 +115,6 @@ def signal(name: str, *, trainer: str | None, access: str = "intrinsic", **field
         return rule
 
     return register
-
-
-def votes_of(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> list[list[str]]:
-    """The answers grouped into votes: each answer joins the first earlier answer it equals."""
-    votes: list[list[str]] = []
-    for answer in answers:
-        if answer is None:
-            continue
-        vote = next((v for v in votes if equal(answer, v[0])), None)
-        if vote is None:
-            votes.append([answer])
-        else:
-            vote.append(answer)
-    return votes
-
-
-def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool] = operator.eq) -> str | None:
-    """The most common answer under `equal`; None if there is none.
-
-    A vote is named by its first answer; ties go to the vote whose first answer came first.
-    """
-    votes = votes_of(answers, equal)
-    return max(votes, key=len)[0] if votes else None  # max keeps the first of equals
-
-
-def distinct_answers(answers: list[str | None], task: Task) -> list[str]:
-    """One answer per vote under the task's `answers_equal`, unanswered completions left out."""
-    return [vote[0] for vote in votes_of(answers, task.answers_equal)]
 
 
 def group_majorities(batch: RewardBatch) -> list[str | None]:
@@ -297,7 +263,7 @@ def cross_view(batch, cfg):
     Per group, the view is the prompt with the task's `shift_format` noise, and `group_size` completions
     of it are sampled from the policy at TTT's temperature; a view with no answer rewards no completion.
     """
-    from catalyst_ttt.evaluation import generate  # evaluation's metrics import this module's votes
+    from catalyst_ttt.generation import generate  # torch: loaded when a model samples, not by configs
 
     views = [batch.task.format_view(batch.prompts[group[0]], batch.rng) for group in batch.groups()]
     samples = generate(
@@ -305,6 +271,7 @@ def cross_view(batch, cfg):
         batch.tokenizer,
         views,
         batch.task.completion_budget(batch.problems),
+        batch_size=CROSS_VIEW_BATCH,
         samples=batch.group_size,
         temperature=batch.temperature,
         seed=batch.rng.randrange(2**31),
@@ -388,7 +355,7 @@ def random_reward(batch, cfg):
     return [None if p.answer is None else d for p, d in zip(batch.parsed, draws)]
 
 
-@signal("replay_only", trainer="grpo", rewards=False)
+@signal("replay_only", trainer="grpo", reward_varies=False)
 def replay_only(batch, cfg):
     """Every completion scores 0, so GRPO makes no update and only the anchor's catalyst replay trains: the
     replay-only control of the anchor study (how much of `replay`'s effect is extra SFT).

@@ -6,11 +6,9 @@ import hashlib
 import itertools
 import math
 import os
-import re
 import shutil
 import sys
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -19,7 +17,6 @@ import hydra
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -39,19 +36,28 @@ from catalyst_ttt.config import (
     CONF_DIR,
     GROUPS,
     cell_identity,
-    check_name,
     compose_cells,
     group_options,
     parse_overrides,
+    quote,
     shipped_dir,
 )
 from catalyst_ttt.errors import UserError, first_line, read_user_text, unknown_name
 from catalyst_ttt.quiet import quiet_libraries
-from catalyst_ttt.results import FINAL, GRID, CellDir, read_json, sweep_dir, write_atomic, write_json
+from catalyst_ttt.results import (
+    FINAL,
+    GRID,
+    CellDir,
+    cell_dirs,
+    check_name,
+    read_json,
+    state_counts,
+    sweep_dir,
+    write_atomic,
+    write_json,
+)
 
 SWEEPS_DIR = shipped_dir("sweeps")
-# Characters Hydra's lexer takes unquoted (ASCII only: it refuses `é` unquoted).
-PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]*[A-Za-z0-9_./:@-]")
 SWEEP_KEYS = {"description", "axes", "overrides", "hypotheses"}
 HYPOTHESES = "hypotheses.json"  # runs/<sweep>/: the study file's hypotheses as they were at its first launch
 PATH_KEYS = ("runs_dir", "cache_dir", "task.path")  # made absolute when a cell is composed
@@ -130,6 +136,22 @@ def sweep_description(file_name: str) -> str:
     except (yaml.YAMLError, UserError):
         spec = None  # load_sweep says what is wrong with it when the sweep is run
     return " ".join(str(spec.get("description") or "").split()) if isinstance(spec, dict) else ""
+
+
+def cell_states(name: str, runs_dir: str, results: list[dict]) -> dict[str, str]:
+    """Every cell of sweep `name` in the store at `runs_dir`, with its state (`CellDir.state`): the cells of
+    the study file's grid against their config hashes, then cells run with other overrides against their own
+    result's hash, then finished cells (`results`) whose directory holds only the result."""
+    states = {}
+    if name in available_sweeps():
+        for cell in load_sweep(name, [f"runs_dir={quote(runs_dir)}"]).cells():
+            states[cell.id] = cell.state()
+    for cell in cell_dirs(runs_dir, name):
+        if cell.cell not in states:
+            states[cell.cell] = cell.state((cell.result() or {}).get("config_hash", ""))
+    for result in results:
+        states.setdefault(result["cell"], result["status"])
+    return states
 
 
 def load_sweep(name: str, cli_overrides: list[str], jobs: int | None = None, max_cells: int = MAX_CELLS) -> Sweep:
@@ -252,27 +274,6 @@ def check_hydra_args(overrides: list[str]) -> None:
         raise UserError(f"{' '.join(str(err).split())}{cause}") from None
     finally:
         GlobalHydra.instance().clear()
-
-
-def quote(value) -> str:
-    """`value` (from YAML or a composed config) written so that Hydra's grammar reads back exactly
-    it: null, true/false, numbers, lists, and strings, quoted unless plain ASCII that reads back the same."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)  # 1e-05, inf, nan: Hydra reads each back as that float
-    if isinstance(value, list):
-        return "[" + ",".join(quote(v) for v in value) + "]"
-    if isinstance(value, dict):
-        raise UserError(f"{value!r}: a mapping is not a value here; give a name, number or list")
-    text = str(value)
-    if PLAIN.fullmatch(text) and OverridesParser.create().parse_override(f"k={text}").value() == text:
-        return text
-    # Inside quotes a backslash escapes only a quote or another backslash before a quote or the end.
-    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
-    return "'" + escaped.replace("'", "\\'") + "'"
 
 
 def _as_written(value) -> str:
@@ -400,11 +401,11 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(c.state().split(":")[0] for c in self.cells))
+        return dict(state_counts(c.state() for c in self.cells))
 
     def refresh(self) -> None:
         states = {c.id: c.state() for c in self.cells}
-        tally = Counter(s.split(":")[0] for s in states.values())
+        tally = state_counts(states.values())
         finished = sum(tally[s] for s in FINAL)
         for cid, state in states.items():  # one line per finished cell: readable in logs too
             if state in FINAL and cid not in self._reported:

@@ -16,12 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from catalyst_ttt.anchors import kl_beta, replay_weight
+from catalyst_ttt.anchors import Anchor
 from catalyst_ttt.device import precision_args
-from catalyst_ttt.evaluation import generate
-from catalyst_ttt.schema import CellConfig
-from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, distinct_answers, group_majorities
+from catalyst_ttt.generation import generate
+from catalyst_ttt.schema import ModelConfig, SignalConfig, TTTConfig
+from catalyst_ttt.signals import RewardBatch, Signal, consensus_rows, group_majorities
 from catalyst_ttt.tasks.base import Problem, Task
+from catalyst_ttt.votes import distinct_answers
 
 
 class Diverged(RuntimeError):
@@ -177,7 +178,15 @@ def _mean_tokens(tokenizer, dataset: Dataset) -> float:
 
 
 def make_reward_function(
-    signal: Signal, cfg: CellConfig, task: Task, problems: dict[str, Problem], model, tokenizer
+    signal: Signal,
+    task: Task,
+    problems: dict[str, Problem],
+    model,
+    tokenizer,
+    *,
+    signal_cfg: SignalConfig,
+    ttt: TTTConfig,
+    seed: int,
 ) -> Callable:
     """A TRL reward function for `signal` scoring with `model` (the policy GRPO trains in place),
     plus diagnostics that read gold answers.
@@ -185,8 +194,8 @@ def make_reward_function(
     The gold answers are read here, after the signal has scored the batch; a signal whose access
     class is not "gold" is given unlabeled problems and no gold list.
     """
-    uses_labels = signal.uses_labels(cfg.signal)
-    rng = random.Random(cfg.seed)
+    uses_labels = signal.uses_labels(signal_cfg)
+    rng = random.Random(seed)
     memory: dict = {}  # per-prompt state a signal keeps across the steps of this TTT run
 
     def reward(prompts, completions, completion_ids, log_metric=None, trainer_state=None, **_):
@@ -199,16 +208,16 @@ def make_reward_function(
             completion_ids=[list(c) for c in completion_ids],
             parsed=parsed,
             problems=items if uses_labels else [p.unlabeled() for p in items],
-            group_size=cfg.ttt.num_generations,
+            group_size=ttt.num_generations,
             task=task,
             model=model,
             tokenizer=tokenizer,
             gold=gold if uses_labels else None,
             rng=rng,
             memory=memory,
-            temperature=cfg.ttt.temperature,
+            temperature=ttt.temperature,
         )
-        rewards = signal.reward(batch, cfg.signal)
+        rewards = signal.rewards(batch, signal_cfg)
         step = trainer_state.global_step if trainer_state is not None else 0
         if any(math.isnan(r) for r in rewards):  # TRL would read NaN as "abstain" and train on
             raise Diverged(step + 1, f"{signal.name} reward")
@@ -267,40 +276,50 @@ def grpo(
     tokenizer,
     prompts: list[str],
     reward_fn: Callable,
-    cfg: CellConfig,
     max_completion_length: int,
     callbacks: list[TrainerCallback],
-    replay_rows: list[dict] = (),
+    *,
+    ttt: TTTConfig,
+    anchor: Anchor,
+    seed: int,
+    trust_remote_code: bool,
 ) -> None:
-    """GRPO on unlabeled prompts, training `model` in place (rewards may score with it), with the
-    anchor of `ttt.anchor`: a KL to the start checkpoint, and replay of `replay_rows` (anchors.py).
+    """GRPO on unlabeled prompts, training `model` in place (rewards may score with it), with the cell's
+    anchor: a KL to the start checkpoint, and replay of catalyst rows (anchors.py).
 
     Under a LoRA adapter (`model` a PeftModel) TRL takes the KL reference from a frozen copy of the
-    fresh adapter, whose update is zero: the adapter-free start point, with no second model loaded."""
-    t = cfg.ttt
-    weight = replay_weight(t)
+    fresh adapter, whose update is zero: the adapter-free start point, with no second model loaded.
+    `trust_remote_code`: the KL reference loads like the policy."""
     replay = (
         {
-            "replay": ReplayBatches(replay_rows, tokenizer, cfg.catalyst.batch_size, sft_max_length(cfg), cfg.seed),
-            "replay_weight": weight,
+            "replay": ReplayBatches(
+                anchor.replay_rows, tokenizer, anchor.replay_batch_size, anchor.replay_max_length, seed
+            ),
+            "replay_weight": anchor.replay_weight,
         }
-        if weight and replay_rows
+        if anchor.replays
         else {}
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = GRPOConfig(
             **_common_args(
-                model, scratch, t.steps, t.prompts_per_step * t.num_generations, t.lr, cfg.seed, t.micro_batch_size
+                model,
+                scratch,
+                ttt.steps,
+                ttt.prompts_per_step * ttt.num_generations,
+                ttt.lr,
+                seed,
+                ttt.micro_batch_size,
             ),
-            num_generations=t.num_generations,
+            num_generations=ttt.num_generations,
             max_completion_length=max_completion_length,
-            temperature=t.temperature,
+            temperature=ttt.temperature,
             top_k=0,
             top_p=1.0,
-            beta=kl_beta(t),
-            trust_remote_code=cfg.model.trust_remote_code,  # the KL reference loads like the policy
+            beta=anchor.beta,
+            trust_remote_code=trust_remote_code,
             lr_scheduler_type="constant",
-            use_vllm=t.use_vllm,  # in TRL's colocate mode: vLLM shares the training GPU
+            use_vllm=ttt.use_vllm,  # in TRL's colocate mode: vLLM shares the training GPU
         )
         trainer = (ReplayGRPOTrainer if replay else GRPOTrainer)(
             model=model,
@@ -308,7 +327,7 @@ def grpo(
             args=args,
             processing_class=tokenizer,
             train_dataset=Dataset.from_dict({"prompt": prompts}),
-            callbacks=_callbacks(callbacks, "TTT", t.steps),
+            callbacks=_callbacks(callbacks, "TTT", ttt.steps),
             **replay,
         )
         trainer.remove_callback(PrinterCallback)
@@ -350,25 +369,38 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def sft_max_length(cfg: CellConfig) -> int:
+def sft_max_length(model: ModelConfig) -> int:
     """Catalyst and self-SFT sequence budget: the tiny model's positions, or 1024 for a HF model."""
-    return cfg.model.max_positions if cfg.model.kind == "tiny" else 1024
+    return model.max_positions if model.kind == "tiny" else 1024
 
 
-def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig, hook: StepHook, tracker) -> int:
+def self_train(
+    model,
+    tokenizer,
+    prompts: list[str],
+    task: Task,
+    hook: StepHook,
+    tracker,
+    *,
+    ttt: TTTConfig,
+    signal_cfg: SignalConfig,
+    seed: int,
+    generation_batch_size: int,
+    max_length: int,
+) -> int:
     """self_sft: rounds of sample -> keep the completions that agree with their majority -> SFT on them.
     Returns the number of SFT steps taken."""
-    per_round = max(1, cfg.ttt.steps // cfg.signal.rounds)
-    for round_index in range(cfg.signal.rounds):
+    per_round = max(1, ttt.steps // signal_cfg.rounds)
+    for round_index in range(signal_cfg.rounds):
         samples = generate(
             model,
             tokenizer,
             prompts,
             task.max_completion_chars,
-            samples=cfg.signal.samples,
-            temperature=cfg.ttt.temperature,
-            batch_size=cfg.eval.batch_size,
-            seed=cfg.seed * 1000 + round_index,
+            samples=signal_cfg.samples,
+            temperature=ttt.temperature,
+            batch_size=generation_batch_size,
+            seed=seed * 1000 + round_index,
         )
         rows = consensus_rows(task, prompts, samples)
         tracker.log_step(round_index * per_round, {"ttt/consensus_rows": len(rows)})
@@ -379,15 +411,15 @@ def self_train(model, tokenizer, prompts: list[str], task: Task, cfg: CellConfig
                 tokenizer,
                 Dataset.from_list(rows),
                 steps=per_round,
-                batch_size=cfg.ttt.prompts_per_step * cfg.ttt.num_generations,
-                lr=cfg.ttt.lr,
-                seed=cfg.seed + round_index,
-                max_length=sft_max_length(cfg),
+                batch_size=ttt.prompts_per_step * ttt.num_generations,
+                lr=ttt.lr,
+                seed=seed + round_index,
+                max_length=max_length,
                 schedule="constant",
                 callbacks=[hook],
-                micro_batch_size=cfg.ttt.micro_batch_size,
+                micro_batch_size=ttt.micro_batch_size,
             )
-    return per_round * cfg.signal.rounds
+    return per_round * signal_cfg.rounds
 
 
 class ReplayBatches:

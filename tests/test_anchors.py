@@ -13,10 +13,9 @@ from catalyst_ttt.errors import UserError
 from catalyst_ttt.metrics.stability import early_warning, predictor_step
 from catalyst_ttt.models import load_pretrained, save_checkpoint
 from catalyst_ttt.regimes import REGIMES
-from catalyst_ttt.signals import SIGNALS
-from catalyst_ttt.training import ReplayBatches, StepHook, grpo, make_reward_function
+from catalyst_ttt.training import ReplayBatches, StepHook
 from helpers.cells import SPLITS, TASK, run
-from helpers.ttt import QUICK_TTT
+from helpers.ttt import QUICK_TTT, run_grpo
 
 # -- config ------------------------------------------------------------------------------
 
@@ -96,11 +95,9 @@ def _anchored_run(taught, tmp_path, overrides: list[str], rows: list[dict] = ())
     save_checkpoint(model, tokenizer, tmp_path / "start")
     model, tokenizer = load_pretrained(str(tmp_path / "start"))
     cfg = compose_cell([*QUICK_TTT, "signal=majority", "catalyst.batch_size=8", *overrides])
-    problems = SPLITS["id"]
-    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
     logs: list[dict] = []
     hook = StepHook(on_log=lambda step, data: logs.append(data | {"step": step}), on_eval=lambda s: None, every=100)
-    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook], rows)
+    run_grpo(cfg, model, tokenizer, SPLITS["id"], [hook], rows)
     return logs, model
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import stat
@@ -33,7 +34,7 @@ from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
 from catalyst_ttt.checkpoints import catalyst_key, scratch_key
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides
+from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides, quote
 from catalyst_ttt.evaluation import sample_metrics
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
@@ -376,12 +377,12 @@ YAML_VALUES = st.recursive(
 @settings(derandomize=True, max_examples=500, deadline=None)
 @given(YAML_VALUES)
 def test_quote_writes_what_hydra_reads_back_exactly(value):
-    assert OverridesParser.create().parse_override(f"key={sweeps.quote(value)}").value() == value
+    assert OverridesParser.create().parse_override(f"key={quote(value)}").value() == value
 
 
 def test_status_finds_the_finished_cells_of_a_store_with_a_backslash_and_non_ascii(tmp_path):
     runs = tmp_path / "a\\b équipe"
-    (cell,) = sweeps.load_sweep("smoke", [f"runs_dir={sweeps.quote(str(runs))}", "regime=none", "signal=none"]).cells()
+    (cell,) = sweeps.load_sweep("smoke", [f"runs_dir={quote(str(runs))}", "regime=none", "signal=none"]).cells()
     assert cell.config.runs_dir == str(runs)
     finished = fake_result("none", "none", 0, 0.1, 0.1) | {"cell": cell.id, "config_hash": cell.config_hash}
     write_json(runs / "smoke" / cell.id / RESULT, finished)
@@ -451,12 +452,12 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", DAMAGES.values(), ids=list(DAMAGES))
 def test_a_damaged_checkpoint_is_never_called_cached_and_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
-    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t")
+    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t", timeout=60)
     assert built and cache_state(tmp_path, "base", {"steps": 3}) == "cached"
     damage(path)
     assert cache_state(tmp_path, "base", {"steps": 3}) == "damaged: to rebuild"
     with caplog.at_level(logging.WARNING):
-        assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t") == (path, True)
+        assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _two_file_build, owner="t", timeout=60) == (path, True)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert f"the cached base checkpoint {path} is damaged (" in warning and "rebuilding it" in warning
     assert cache_state(tmp_path, "base", {"steps": 3}) == "cached"
@@ -468,7 +469,7 @@ def test_a_failed_build_leaves_no_temporary_directory(tmp_path):
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError):
-        cached_checkpoint(tmp_path, "base", {"steps": 3}, failing, owner="t")
+        cached_checkpoint(tmp_path, "base", {"steps": 3}, failing, owner="t", timeout=60)
     assert not [p.name for p in (tmp_path / "base").iterdir() if not p.name.endswith(".lock")]
     assert cache_state(tmp_path, "base", {"steps": 3}) == "to train"
 
@@ -476,7 +477,7 @@ def test_a_failed_build_leaves_no_temporary_directory(tmp_path):
 def test_a_truncated_cached_base_is_rebuilt_by_the_next_cell_and_dry_run_says_so(tiny, tmp_path, monkeypatch, caplog):
     overrides = tiny("regime=none", "signal=none", *MINIMAL, cache=tmp_path / "cache")
     cfg = compose_cell(overrides)
-    base, _ = pipeline.base_checkpoint(cfg, build_task(cfg), owner="test")
+    base, _ = pipeline.base_checkpoint(cfg, build_task(cfg), owner="test", device="cpu")
     (Path(base) / WEIGHTS).write_bytes((Path(base) / WEIGHTS).read_bytes()[:64])  # every cell failed on it before
     plan = ["sweep", "smoke", "--dry-run", "regime=none", "signal=none", *MINIMAL, f"cache_dir={cfg.cache_dir}"]
     dry = _invoke(plan, tmp_path, monkeypatch)
@@ -492,11 +493,16 @@ def test_a_truncated_cached_base_is_rebuilt_by_the_next_cell_and_dry_run_says_so
 def test_dry_run_finds_a_cached_from_scratch_catalyst(tmp_path, monkeypatch):
     overrides = ["regime=correct", "signal=none", "catalyst.from_scratch=true", f"cache_dir={tmp_path / 'c'}"]
     (cell,) = sweeps.load_sweep("smoke", overrides).cells()
-    scratch, _ = cached_checkpoint(tmp_path / "c", "scratch", scratch_key(cell.config), _two_file_build, owner="t")
-    cached_checkpoint(tmp_path / "c", "catalyst", catalyst_key(cell.config, scratch.name), _two_file_build, owner="t")
+    scratch, _ = cached_checkpoint(
+        tmp_path / "c", "scratch", scratch_key(cell.config), _two_file_build, owner="t", timeout=60
+    )
+    cached_checkpoint(
+        tmp_path / "c", "catalyst", catalyst_key(cell.config, scratch.name), _two_file_build, owner="t", timeout=60
+    )
     dry = _invoke(["sweep", "smoke", "--dry-run", *overrides], tmp_path, monkeypatch)
     assert dry.exit_code == 0, dry.output
-    assert [line.split("│")[-3].strip() for line in dry.stdout.splitlines() if cell.id in line] == ["cached"]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in dry.stdout.splitlines() if line.strip().startswith("pending")]
+    assert [row[2] for row in rows] == ["cached"]  # the one cell's catalyst column (state, base, catalyst, ttt)
 
 
 # -- work lost late -----------------------------------------------------------------------------

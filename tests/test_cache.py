@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from catalyst_ttt.cache import KEY, WEIGHTS, cached_checkpoint
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import cell_identity, code_fingerprint, compose_cell
+from catalyst_ttt.config import cell_identity, compose_cell
+from catalyst_ttt.hashing import code_fingerprint
 from catalyst_ttt.pipeline import run_cell
 from catalyst_ttt.results import LockTimeout
 from helpers.cells import CTTT, run
@@ -25,17 +26,17 @@ def _fake_build(directory: Path) -> None:
 
 
 def test_a_checkpoint_is_reused_only_while_its_key_json_matches(tmp_path):
-    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t")
+    path, built = cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t", timeout=60)
     assert built and json.loads((path / KEY).read_text()) == {"steps": 3, "code": code_fingerprint()}
-    assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t") == (path, False)
+    assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t", timeout=60) == (path, False)
     (path / KEY).write_text(json.dumps({"steps": 4}))  # a checkpoint that is not what its name says
-    assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t") == (path, True)
+    assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t", timeout=60) == (path, True)
     (path / WEIGHTS).unlink()  # weights gone: rebuilt, never trusted
-    assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t") == (path, True)
+    assert cached_checkpoint(tmp_path, "base", {"steps": 3}, _fake_build, owner="t", timeout=60) == (path, True)
 
 
 def test_a_checkpoint_lock_held_elsewhere_times_out_with_a_clear_message(tmp_path):
-    key_path, _ = cached_checkpoint(tmp_path, "base", {"steps": 1}, _fake_build, owner="t")
+    key_path, _ = cached_checkpoint(tmp_path, "base", {"steps": 1}, _fake_build, owner="t", timeout=60)
     (key_path / KEY).unlink()
     with FileLock(str(key_path.parent / f"{key_path.name}.lock")):
         with pytest.raises(LockTimeout, match="waited 0.2 s for the base checkpoint .* raise lock_timeout"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import catalyst_ttt.pipeline as pipeline
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from helpers.cells import SPLITS, TASK
 from helpers.ttt import train_on
 
@@ -24,7 +24,7 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(taught):
 def _weights_after_ttt(taught_once, tmp_path, *overrides: str) -> dict:
     model, tokenizer = taught_once
     model = copy.deepcopy(model)
-    train_on(model, tokenizer, SPLITS["id"], ["signal=majority", *overrides], tmp_path, "-".join(overrides))
+    train_on(model, tokenizer, SPLITS["id"], ["signal=majority", *overrides], tmp_path)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

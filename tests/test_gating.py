@@ -4,7 +4,7 @@ with the gate reaches the same verdicts as the same study run without it."""
 import pytest
 
 from catalyst_ttt.metrics.aggregate import analyse, rule_of
-from catalyst_ttt.results import load_results
+from catalyst_ttt.results import read_store
 from helpers.cells import run
 
 # Strong enough that `correct` beats its base on some replicates and not on others; `answer_only` never.
@@ -22,7 +22,7 @@ def _study(tiny, tmp_path, gate: bool) -> list[dict]:
     for base_seed in range(3):
         for regime in ("correct", "answer_only"):
             run(tiny(*IGNITING, f"regime={regime}", f"base.seed={base_seed}", f"ttt.gate={gate}", runs=runs))
-    return load_results(runs, "single")
+    return read_store(runs, "single").results
 
 
 @pytest.mark.slow

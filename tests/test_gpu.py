@@ -18,17 +18,16 @@ from catalyst_ttt.cli import app
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.device import VLLM_MISSING, precision_args, resolve_device, uses_bf16
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.evaluation import generate
+from catalyst_ttt.generation import generate
 from catalyst_ttt.gpu_check import run_check
 from catalyst_ttt.models import char_tokenizer, load_pretrained, new_tiny_model, save_checkpoint, with_lora
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.schema import LoraConfigSchema, ModelConfig
-from catalyst_ttt.signals import SIGNALS
 from catalyst_ttt.sweep import SWEEPS_DIR, load_sweep
-from catalyst_ttt.training import StepHook, grpo, make_reward_function, sft
+from catalyst_ttt.training import StepHook, sft
 from helpers.cells import SPLITS, TASK, run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
-from helpers.ttt import QUICK_TTT
+from helpers.ttt import QUICK_TTT, run_grpo
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -122,12 +121,13 @@ def test_a_checkpoints_sampling_defaults_do_not_reach_the_evaluation(taught):
     the evaluation decodes the model's own distribution, as TRL's GRPO samples it."""
     model, tokenizer = taught
     prompts = [p.prompt for p in SPLITS["id"]]
-    plain = generate(model, tokenizer, prompts, TASK.max_completion_chars)
+    budget, batch = TASK.max_completion_chars, 4 * len(prompts)
+    plain = generate(model, tokenizer, prompts, budget, batch_size=batch)
     model.generation_config.update(repetition_penalty=3.0, top_k=1, top_p=0.1, temperature=0.01)
-    assert generate(model, tokenizer, prompts, TASK.max_completion_chars) == plain
-    sampled = generate(model, tokenizer, prompts, TASK.max_completion_chars, samples=4, seed=0)
+    assert generate(model, tokenizer, prompts, budget, batch_size=batch) == plain
+    sampled = generate(model, tokenizer, prompts, budget, batch_size=batch, samples=4, seed=0)
     model.generation_config = type(model.generation_config)()
-    assert generate(model, tokenizer, prompts, TASK.max_completion_chars, samples=4, seed=0) == sampled
+    assert generate(model, tokenizer, prompts, budget, batch_size=batch, samples=4, seed=0) == sampled
 
 
 # -- refusals: one line, exit 2 ------------------------------------------------------------
@@ -179,12 +179,10 @@ def test_lora_grpo_trains_the_adapter_only_against_the_adapter_free_start(taught
     start, _ = load_pretrained(str(tmp_path / "start"))
     model = with_lora(load_pretrained(str(tmp_path / "start"))[0], LoraConfigSchema(r=4))
     cfg = compose_cell([*QUICK_TTT, "signal=majority", "ttt.anchor=kl+replay", "ttt.beta=0.5", "ttt.lora.r=4"])
-    problems = SPLITS["id"]
-    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
     logs: list[dict] = []
     hook = StepHook(on_log=lambda step, data: logs.append(data), on_eval=lambda step: None, every=100)
     rows = REGIMES.get("correct")(SPLITS["train"][:32], TASK, None, 0)
-    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook], rows)
+    run_grpo(cfg, model, tokenizer, SPLITS["id"], [hook], rows)
 
     kl = [row["ttt/kl"] for row in logs if "ttt/kl" in row]
     assert len(kl) == 4 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-4
@@ -241,11 +239,9 @@ def test_no_lora_rank_leaves_the_model_as_it_is(taught):
 def _grpo_weights(taught, overrides: list[str]) -> tuple[dict, list[int]]:
     model, tokenizer = taught
     cfg = compose_cell([*QUICK_TTT, "signal=majority", "ttt.steps=2", *overrides])
-    problems = SPLITS["id"]
-    reward = make_reward_function(SIGNALS.get("majority"), cfg, TASK, {p.prompt: p for p in problems}, model, tokenizer)
     steps: list[int] = []
     hook = StepHook(on_log=lambda step, data: steps.append(step), on_eval=lambda step: None, every=100)
-    grpo(model, tokenizer, [p.prompt for p in problems], reward, cfg, TASK.max_completion_chars, [hook])
+    run_grpo(cfg, model, tokenizer, SPLITS["id"], [hook])
     return {name: p.detach().clone() for name, p in model.named_parameters()}, steps
 
 

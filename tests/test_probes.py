@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from catalyst_ttt.config import compose_cell
 from catalyst_ttt.metrics.probes import (
     TRACE_KINDS,
     catalyst_probes,
@@ -13,6 +12,7 @@ from catalyst_ttt.metrics.probes import (
     skill_accuracy,
     trace_dependence,
 )
+from catalyst_ttt.schema import ProbesConfig
 from catalyst_ttt.tasks.alchemy import OPS, Alchemy, AlchemyConfig, apply_op, format_step
 from catalyst_ttt.tasks.arith import Arith, ArithConfig
 from catalyst_ttt.tasks.base import AtomicProbe
@@ -167,14 +167,18 @@ def test_format_rate_and_skill_recomputed_item_by_item(taught):
     assert hits > 0
 
 
-def test_probes_can_be_turned_off_and_otherwise_probe_the_id_items(taught, tmp_path):
+def test_probes_can_be_turned_off_and_otherwise_probe_the_id_items(taught):
     model, tokenizer = taught
-    cfg = compose_cell([f"runs_dir={tmp_path}", f"cache_dir={tmp_path}", "eval.max_per_split=5"])
-    splits = {"id": SPLITS["id"]}
-    cfg.metrics.probes.enabled = False
-    assert catalyst_probes(cfg, TASK, splits, model, None, tokenizer) == {}
-    cfg.metrics.probes.enabled = True
-    cfg.regime.name = "none"  # the start is the base: no base to load
-    probes = catalyst_probes(cfg, TASK, splits, model, None, tokenizer)
-    assert probes["format/start"] == pytest.approx(format_rate(TASK, SPLITS["id"][:5], model, tokenizer, 8))
+    problems = SPLITS["id"][:5]
+    loads = []
+
+    def base_model():  # the start is its own base here (regime none)
+        loads.append(1)
+        return model
+
+    assert catalyst_probes(ProbesConfig(enabled=False), TASK, problems, model, tokenizer, 8, base_model) == {}
+    assert not loads  # turned off: no base is loaded
+    probes = catalyst_probes(ProbesConfig(), TASK, problems, model, tokenizer, 8, base_model)
+    assert probes["format/start"] == pytest.approx(format_rate(TASK, problems, model, tokenizer, 8))
     assert probes["skill/base"] == probes["skill/start"]
+    assert len(loads) == 1  # loaded once, however many probes read the base

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
-from catalyst_ttt.regimes import REGIMES, catalyst_rows
+from catalyst_ttt.regimes import REGIMES, catalyst_sample
 from catalyst_ttt.schema import RegimeConfig
 from catalyst_ttt.tasks.alchemy import Alchemy, AlchemyConfig
 from catalyst_ttt.tasks.alchemy import true_fact as alchemy_true_fact
@@ -160,10 +160,10 @@ def test_correct_traces_are_valid_and_answer_only_has_no_trace(tasks, name):
 
 
 def test_catalyst_sample_is_seeded_and_sized(tasks):
-    task, pool = _pool(tasks, "alchemy")
-    a = catalyst_rows("correct", pool, task, RegimeConfig("correct"), 50, seed=3)
-    assert len(a) == 50 and a == catalyst_rows("correct", pool, task, RegimeConfig("correct"), 50, seed=3)
-    assert a != catalyst_rows("correct", pool, task, RegimeConfig("correct"), 50, seed=4)
+    _, pool = _pool(tasks, "alchemy")
+    a = catalyst_sample(pool, 50, seed=3)
+    assert len(a) == 50 and a == catalyst_sample(pool, 50, seed=3)
+    assert a != catalyst_sample(pool, 50, seed=4)
 
 
 def test_arith_steps_by_hand():

@@ -11,22 +11,24 @@ from transformers import TrainerState
 
 from catalyst_ttt.config import compose_cell
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.generation import generate
 from catalyst_ttt.metrics.accuracy import maj_at_k
-from catalyst_ttt.schema import SignalConfig
-from catalyst_ttt.signals import ACCESS_CLASSES, SIGNALS, RewardBatch, consensus_rows, majority_answer
+from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig
+from catalyst_ttt.signals import SIGNALS, RewardBatch, consensus_rows
 from catalyst_ttt.tasks.alchemy import Alchemy
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig
-from catalyst_ttt.training import StepHook, make_reward_function, reward_diagnostics, ttrl_diagnostics
+from catalyst_ttt.training import StepHook, reward_diagnostics, ttrl_diagnostics
+from catalyst_ttt.votes import majority_answer
 from helpers.cells import SPLITS, TASK, run
 from helpers.gsm8k_data import gsm8k_rows, write_jsonl
-from helpers.ttt import train_on
+from helpers.ttt import reward_function, train_on
 
 GRPO = [n for n in SIGNALS.names() if SIGNALS.get(n).trainer == "grpo"]
 # Signals with a reward that reads the completions (replay_only's never varies: only its anchor trains).
 LABEL_FREE = [
     n
     for n in SIGNALS.names()
-    if not SIGNALS.get(n).uses_labels(SignalConfig()) and SIGNALS.get(n).trainer and SIGNALS.get(n).rewards
+    if not SIGNALS.get(n).uses_labels(SignalConfig()) and SIGNALS.get(n).trainer and SIGNALS.get(n).reward_varies
 ]
 
 # One alchemy problem and a hand-made group: AB -rot-> FG -rev-> GF (alphabet A-J).
@@ -105,7 +107,7 @@ def test_votes_use_the_tasks_answers_equal(gsm8k):
     completions = [f"x\n#### {a}" for a in answers]
     problem = replace(task.problems[0], prompt="q\n")
     batch = batch_of(completions, [problem] * 5, 5, task=task)
-    assert SIGNALS.get("majority").reward(batch, SignalConfig()) == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert SIGNALS.get("majority").rewards(batch, SignalConfig()) == [1.0, 0.0, 1.0, 0.0, 1.0]
     rows = consensus_rows(task, ["q\n"], [completions])
     assert [r["completion"] for r in rows] == [completions[0], completions[2], completions[4]]
 
@@ -114,16 +116,16 @@ def test_votes_use_the_tasks_answers_equal(gsm8k):
 
 
 def test_majority_reward_by_value():
-    assert SIGNALS.get("majority").reward(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 1.0]
+    assert SIGNALS.get("majority").rewards(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 1.0]
 
 
 def test_oracle_reward_by_value():
-    assert SIGNALS.get("oracle").reward(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 1.0]
+    assert SIGNALS.get("oracle").rewards(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 1.0]
 
 
 def test_process_rewards_local_validity_and_verifier_the_full_check():
-    process = SIGNALS.get("process").reward(group_batch(), SignalConfig())
-    verifier = SIGNALS.get("verifier").reward(group_batch(), SignalConfig())
+    process = SIGNALS.get("process").rewards(group_batch(), SignalConfig())
+    verifier = SIGNALS.get("verifier").rewards(group_batch(), SignalConfig())
     # the wrong ops form a locally valid chain: process pays it in full, the verifier not at all
     assert process == [1.0, 0, 0, 0, 0.5, 1.0, 0.0]
     assert verifier == [1.0, 0, 0, 0, 0.5, 0.0, 0.0]
@@ -131,11 +133,11 @@ def test_process_rewards_local_validity_and_verifier_the_full_check():
 
 def test_majority_x_process_pays_the_majoritys_valid_step_share_only():
     # GF wins (GOLD, ANSWER_ONLY): GOLD's chain is valid (1), ANSWER_ONLY has no step (0); FG and CB lose
-    assert SIGNALS.get("majority_x_process").reward(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 0.0]
+    assert SIGNALS.get("majority_x_process").rewards(group_batch(), SignalConfig()) == [1.0, 0, 0, 0, 0, 0, 0.0]
     # FG wins: WRONG_STEP pays its one valid step of two; GOLD's valid chain to the minority answer pays 0
     completions = [WRONG_STEP, "#FG", GOLD, "###"]
     batch = batch_of(completions, [PROBLEM] * 4, 4)
-    assert SIGNALS.get("majority_x_process").reward(batch, SignalConfig()) == [0.5, 0.0, 0.0, 0.0]
+    assert SIGNALS.get("majority_x_process").rewards(batch, SignalConfig()) == [0.5, 0.0, 0.0, 0.0]
 
 
 def test_guarded_majority_keeps_minorities_and_skips_a_prompt_whose_majority_flipped():
@@ -145,7 +147,7 @@ def test_guarded_majority_keeps_minorities_and_skips_a_prompt_whose_majority_fli
 
     def visit(completions, problem=PROBLEM):
         batch = replace(batch_of(completions, [problem] * len(completions), len(completions)), memory=memory)
-        return guarded.reward(batch, SignalConfig())
+        return guarded.rewards(batch, SignalConfig())
 
     # first visit: GF has 2 votes; FG and CB one each, so half the majority's reward; garbage 0
     assert visit(GROUP) == [1.0, 0, 0, 0, 0.5, 0.5, 1.0]
@@ -169,17 +171,15 @@ def test_format_view_adds_the_shift_format_noise_before_the_closing_character():
 def test_cross_view_rewards_agreement_with_the_policys_answer_to_the_view(taught):
     """With no noise (the view is the prompt itself) and a near-zero temperature, the view's majority is
     the policy's greedy answer: the reward is 1 exactly for completions that give that answer."""
-    from catalyst_ttt.evaluation import generate
-
     model, tokenizer = taught
     task = NOISE_FREE_TASK
-    greedy = generate(model, tokenizer, [PROBLEM.prompt], task.max_completion_chars)[0][0]
+    greedy = generate(model, tokenizer, [PROBLEM.prompt], task.max_completion_chars, batch_size=1)[0][0]
     answer = task.parse(greedy).answer
     assert answer is not None  # the taught model writes the format
     other = next(a for a in ("GF", "FG", "CB") if a != answer)
     completions = [f"#{answer}", f"#{other}", "###", greedy]
     batch = replace(batch_of(completions, [PROBLEM] * 4, 4, model, tokenizer, task=task), temperature=1e-4)
-    assert SIGNALS.get("cross_view").reward(batch, SignalConfig()) == [1.0, 0.0, 0.0, 1.0]
+    assert SIGNALS.get("cross_view").rewards(batch, SignalConfig()) == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_cross_view_is_refused_on_a_task_without_a_format_shift(gsm8k):
@@ -189,12 +189,12 @@ def test_cross_view_is_refused_on_a_task_without_a_format_shift(gsm8k):
 
 
 def test_random_is_bernoulli_on_answered_completions_and_seeded():
-    rewards = SIGNALS.get("random").reward(group_batch(seed=3), SignalConfig())
+    rewards = SIGNALS.get("random").rewards(group_batch(seed=3), SignalConfig())
     rng = random.Random(3)
     draws = [float(rng.random() < 0.5) for _ in GROUP]
     assert rewards == [draws[i] if i in SCORED else 0.0 for i in range(len(GROUP))]
     problem = SPLITS["id"][0]
-    many = SIGNALS.get("random").reward(batch_of(["#AB"] * 2000, [problem] * 2000, 8, seed=1), SignalConfig())
+    many = SIGNALS.get("random").rewards(batch_of(["#AB"] * 2000, [problem] * 2000, 8, seed=1), SignalConfig())
     assert abs(sum(many) / 2000 - 0.5) < 0.04
 
 
@@ -210,7 +210,7 @@ def _reference_logprob(model, tokenizer, prompt: str, completion: str, reference
 
 def test_verifree_is_the_probability_of_the_majority_answer_after_the_trace(taught):
     model, tokenizer = taught
-    rewards = SIGNALS.get("verifree").reward(group_batch(model, tokenizer), SignalConfig())
+    rewards = SIGNALS.get("verifree").rewards(group_batch(model, tokenizer), SignalConfig())
     expected = [0.0] * len(GROUP)
     for i in SCORED:  # the group's majority answer is GF
         expected[i] = math.exp(_reference_logprob(model, tokenizer, PROBLEM.prompt, GROUP[i], "GF"))
@@ -221,14 +221,14 @@ def test_verifree_with_reference_gold_reads_the_gold_answer(taught):
     model, tokenizer = taught
     batch = group_batch(model, tokenizer)
     batch.gold = ["CB"] * len(GROUP)  # not the group's majority
-    rewards = SIGNALS.get("verifree").reward(batch, SignalConfig(reference="gold"))
+    rewards = SIGNALS.get("verifree").rewards(batch, SignalConfig(reference="gold"))
     expected = [math.exp(_reference_logprob(model, tokenizer, PROBLEM.prompt, GROUP[i], "CB")) for i in SCORED]
     assert [rewards[i] for i in SCORED] == pytest.approx(expected, rel=1e-4)
 
 
 def test_predictive_subtracts_the_groups_mean_and_puts_garbage_at_the_minimum(taught):
     model, tokenizer = taught
-    rewards = SIGNALS.get("predictive").reward(group_batch(model, tokenizer), SignalConfig())
+    rewards = SIGNALS.get("predictive").rewards(group_batch(model, tokenizer), SignalConfig())
     logprobs = {i: _reference_logprob(model, tokenizer, PROBLEM.prompt, GROUP[i], "GF") for i in SCORED}
     baseline = sum(logprobs.values()) / len(logprobs)  # four different traces
     expected = {i: lp - baseline for i, lp in logprobs.items()}
@@ -253,8 +253,8 @@ def _direct_token_stats(model, tokenizer, prompt: str, completion_ids: list[int]
 def test_entropy_and_self_certainty_over_the_exact_completion_tokens(taught):
     model, tokenizer = taught
     batch = group_batch(model, tokenizer)
-    entropy = SIGNALS.get("entropy").reward(batch, SignalConfig())
-    certainty = SIGNALS.get("self_certainty").reward(batch, SignalConfig())
+    entropy = SIGNALS.get("entropy").rewards(batch, SignalConfig())
+    certainty = SIGNALS.get("self_certainty").rewards(batch, SignalConfig())
     log_vocab = math.log(model.config.vocab_size)
     for i in range(len(GROUP)):
         if i not in SCORED:
@@ -272,9 +272,9 @@ def test_garbage_gets_the_floor_from_every_signal(taught, name):
     model, tokenizer = taught
     garbage = ["", "\n", "###", "rot>;;#", "rot AB>", "#AB#"]
     batch = batch_of(garbage, [PROBLEM] * 6, 6, model, tokenizer, gold=[PROBLEM.answer] * 6)
-    assert SIGNALS.get(name).reward(batch, SignalConfig()) == [0.0] * 6
+    assert SIGNALS.get(name).rewards(batch, SignalConfig()) == [0.0] * 6
     mixed = batch_of(["###", GOLD, WRONG_STEP], [PROBLEM] * 3, 3, model, tokenizer, gold=[PROBLEM.answer] * 3)
-    rewards = SIGNALS.get(name).reward(mixed, SignalConfig())
+    rewards = SIGNALS.get(name).rewards(mixed, SignalConfig())
     assert all(math.isfinite(r) for r in rewards)
     assert rewards[0] == (min(rewards[1:]) if name == "predictive" else 0.0)
 
@@ -333,7 +333,7 @@ def test_the_reward_function_logs_its_diagnostics(taught):
     model, tokenizer = taught
     cfg = compose_cell(["signal=process", "ttt.num_generations=3"])
     logged: dict[str, float] = {}
-    reward = make_reward_function(SIGNALS.get("process"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer)
+    reward = reward_function(cfg, [PROBLEM], model, tokenizer)
     completions = [GOLD, WRONG_OPS, "###"]
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     assert reward([PROBLEM.prompt] * 3, completions, ids, log_metric=logged.__setitem__) == [1.0, 1.0, 0.0]
@@ -347,10 +347,10 @@ def test_the_reward_function_logs_its_diagnostics(taught):
 def test_the_reward_function_scores_with_the_model_it_closes_over(taught):
     model, tokenizer = taught
     cfg = compose_cell(["signal=verifree", f"ttt.num_generations={len(GROUP)}"])
-    reward = make_reward_function(SIGNALS.get("verifree"), cfg, TASK, {PROBLEM.prompt: PROBLEM}, model, tokenizer)
+    reward = reward_function(cfg, [PROBLEM], model, tokenizer)
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in GROUP]
     before = reward([PROBLEM.prompt] * len(GROUP), GROUP, ids)
-    assert before == SIGNALS.get("verifree").reward(group_batch(model, tokenizer), SignalConfig())
+    assert before == SIGNALS.get("verifree").rewards(group_batch(model, tokenizer), SignalConfig())
     with torch.no_grad():  # what GRPO does to the policy, the reward sees
         for parameter in model.parameters():
             parameter.mul_(1.5)
@@ -370,7 +370,7 @@ def _trained_weights(taught_state, signal_name, scramble, tmp_path, reference="m
     # The taught model never saw the noise character: it answers no noisy view, so cross_view's reward
     # would stay 0 and nothing would train. A noise-free view is one it reads; gold access is the same.
     task = NOISE_FREE_TASK if signal_name == "cross_view" else TASK
-    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, f"{signal_name}-{scramble}", task)
+    trajectory = train_on(model, tokenizer, problems, overrides, tmp_path, task)
     return {k: v.clone() for k, v in model.state_dict().items()}, trajectory
 
 

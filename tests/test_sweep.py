@@ -131,15 +131,15 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path, shared_cac
     """The fault is injected here: seed 1's reward turns NaN from its second call on."""
     make_reward = pipeline.make_reward_function
 
-    def nan_for_seed_1(signal, cfg, *args, **kwargs):
-        if cfg.seed == 1:
+    def nan_for_seed_1(signal, *args, **kwargs):
+        if kwargs["seed"] == 1:
             calls, honest = itertools.count(1), signal.rule
 
             def rule(batch, signal_cfg):
                 return [math.nan] * len(batch.completions) if next(calls) >= 2 else honest(batch, signal_cfg)
 
             signal = dataclasses.replace(signal, rule=rule)
-        return make_reward(signal, cfg, *args, **kwargs)
+        return make_reward(signal, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "make_reward_function", nan_for_seed_1)
     runs = tmp_path / "runs"

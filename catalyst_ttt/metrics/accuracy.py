@@ -5,7 +5,7 @@ from __future__ import annotations
 from math import comb
 from typing import Callable
 
-from catalyst_ttt.signals import votes_of
+from catalyst_ttt.votes import votes_of
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from catalyst_ttt.config import NON_SEMANTIC, config_hash
+from catalyst_ttt.hashing import config_hash
 from catalyst_ttt.metrics.statistics import (
     ACCURACY,
     ALPHA,
@@ -33,12 +33,10 @@ from catalyst_ttt.metrics.statistics import (
     variance_components,
 )
 from catalyst_ttt.results import GATED
-from catalyst_ttt.schema import StabilityConfig
+from catalyst_ttt.schema import NON_SEMANTIC, StabilityConfig
 
 SEED_AXES = ("seed", "base_seed")
 TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them
-ACCESS_CLASSES = ("intrinsic", "partial verifier", "perfect verifier", "gold")
-MARKERS = {"perfect verifier": "‡", "gold": "†"}
 FINISHED = ("done", GATED)  # a gated cell finished at its floor: its start counts, it has no TTT
 
 STABLE, UNSTABLE, INCONCLUSIVE = "stable", "unstable", "inconclusive"

@@ -18,12 +18,11 @@ Definitions and the scoring choice: docs/metrics.md.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import Any, Callable
 
-from catalyst_ttt.evaluation import generate
-from catalyst_ttt.models import load_pretrained
+from catalyst_ttt.generation import generate
 from catalyst_ttt.regimes import REGIMES
-from catalyst_ttt.schema import RegimeConfig
+from catalyst_ttt.schema import ProbesConfig, RegimeConfig
 from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task
 
 # Trace kind -> the regime that writes it (None: the problem's own gold trace). Default regime settings
@@ -31,22 +30,27 @@ from catalyst_ttt.tasks.base import AtomicProbe, Problem, Task
 TRACE_KINDS = {"gold": None, "donor": "swapped", "corrupted": "corrupted"}
 
 
-def catalyst_probes(cfg: DictConfig, task: Task, splits: dict[str, list[Problem]], model, base_ref, tokenizer) -> dict:
-    """Every probe of the TTT start `model` (and, for skill retention, of its base), as flat numbers."""
-    if not cfg.metrics.probes.enabled:
+def catalyst_probes(
+    cfg: ProbesConfig,
+    task: Task,
+    problems: list[Problem],
+    model,
+    tokenizer,
+    batch_size: int,
+    base_model: Callable[[], Any],
+) -> dict:
+    """Every probe of the TTT start `model` on the id `problems` (and, for skill retention and the latent
+    skill, of its base, which `base_model()` loads when a probe needs it), as flat numbers."""
+    if not cfg.enabled:
         return {}
-    batch_size = cfg.eval.batch_size
-    problems = splits["id"][: cfg.eval.max_per_split]
     out = {"format/start": format_rate(task, problems, model, tokenizer, batch_size)}
     base = None
     for name, probes in (
-        ("skill", task.atomic_probes(cfg.metrics.probes.atomic_items)),
+        ("skill", task.atomic_probes(cfg.atomic_items)),
         ("latent", task.latent_probes(problems)),
     ):
         if probes:
-            base = base or (
-                model if cfg.regime.name == "none" else load_pretrained(base_ref, cfg.model, model.device)[0]
-            )
+            base = base or base_model()
             out[f"{name}/base"] = skill_accuracy(task, probes, base, tokenizer, batch_size)
             out[f"{name}/start"] = skill_accuracy(task, probes, model, tokenizer, batch_size)
     return out | trace_dependence(task, problems, model, tokenizer, batch_size)

@@ -39,6 +39,7 @@ from catalyst_ttt.report.study import (
     varies_budget,
     with_interval,
 )
+from catalyst_ttt.schema import ProbeReading
 
 # How the headline names the groups of each verdict, in the order it lists them.
 VERDICT_WORDS = {
@@ -50,9 +51,6 @@ VERDICT_WORDS = {
     NO_REPLICATE: "no finished replicate",
     FLOOR: "at its floor",
 }
-READS_TRACE = 0.5  # the model reads its trace when it writes some trace's own answer this often
-SKILL_LOSS = 0.10  # the atomic skill "fell" when start is below base by more than this
-FORMAT_FLOOR = 0.5  # below this format rate the model mostly does not write the trace format
 
 
 def names(items: list[str]) -> str:
@@ -152,15 +150,16 @@ def why(probes: dict[str, float]) -> str:
     """What the probes of a catalyst checkpoint say, in words (docs/metrics.md)."""
     if not probes:
         return "none recorded"
+    reading = ProbeReading()
     parts = []
     if "skill/base" in probes and "skill/start" in probes:
-        kept = probes["skill/start"] >= probes["skill/base"] - SKILL_LOSS
+        kept = probes["skill/start"] >= probes["skill/base"] - reading.skill_loss
         parts.append(
             f"atomic skill {probes['skill/base']:.2f} → {probes['skill/start']:.2f} "
             f"({'kept' if kept else 'overwritten by the catalyst'})"
         )
     if "format/start" in probes:
-        writes = probes["format/start"] >= FORMAT_FLOOR
+        writes = probes["format/start"] >= reading.format_floor
         parts.append(f"format rate {probes['format/start']:.2f}{'' if writes else ' (it mostly writes no trace)'}")
     follows = {
         name.split("/")[1]: share
@@ -169,7 +168,7 @@ def why(probes: dict[str, float]) -> str:
     }
     if follows:
         shares = ", ".join(f"{kind} {share:.2f}" for kind, share in follows.items())
-        reads = "it reads its trace" if max(follows.values()) >= READS_TRACE else "it does not read its trace"
+        reads = "it reads its trace" if max(follows.values()) >= reading.reads_trace else "it does not read its trace"
         parts.append(f"after a teacher-forced trace it writes that trace's answer ({shares}): {reads}")
     if "trace/donor/gold_answer" in probes:
         parts.append(f"after a donor trace it writes the gold answer {probes['trace/donor/gold_answer']:.2f}")

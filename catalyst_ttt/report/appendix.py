@@ -7,13 +7,14 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from catalyst_ttt.config import PACKAGE_DIR
-from catalyst_ttt.metrics.aggregate import ACCESS_CLASSES, MARKERS, describe_rule, design_hash, replicate_of
+from catalyst_ttt.hashing import PACKAGE_DIR
+from catalyst_ttt.metrics.aggregate import describe_rule, design_hash, replicate_of
 from catalyst_ttt.metrics.statistics import ALPHA, COVERAGE, MIN_UNITS
 from catalyst_ttt.report.loading import RESULTS_FILE
 from catalyst_ttt.report.study import Report
 from catalyst_ttt.report.tables import config_differences
 from catalyst_ttt.results import GRID
+from catalyst_ttt.schema import ACCESS_CLASSES, ACCESS_MARKS
 
 RUN_NOTES = "RUN.md"  # how a committed study was run, written by hand beside its report
 REPOSITORY = PACKAGE_DIR.parent
@@ -121,7 +122,7 @@ def disclosure(report: Report) -> list[str]:
         access[group.access].add(group.key["signal"])
     if access:
         classes = [
-            f"{cls}{' ' + MARKERS[cls] if cls in MARKERS else ''}: {', '.join(sorted(access[cls]))}"
+            f"{cls}{' ' + ACCESS_MARKS[cls] if cls in ACCESS_MARKS else ''}: {', '.join(sorted(access[cls]))}"
             for cls in ACCESS_CLASSES
             if access.get(cls)
         ]

@@ -11,8 +11,6 @@ from functools import cached_property
 
 from catalyst_ttt.hypotheses import Score, registered_scores
 from catalyst_ttt.metrics.aggregate import (
-    ACCESS_CLASSES,
-    MARKERS,
     Analysis,
     Group,
     Ignition,
@@ -23,7 +21,7 @@ from catalyst_ttt.metrics.aggregate import (
 from catalyst_ttt.metrics.statistics import BASES, MIN_UNITS, Estimate, detectable_effect
 from catalyst_ttt.regimes import CALIBRATION_REGIMES
 from catalyst_ttt.report.loading import Cells
-from catalyst_ttt.schema import ANCHORS
+from catalyst_ttt.schema import ACCESS_CLASSES, ACCESS_MARKS, ANCHORS
 
 NO_TTT_CLASS = "no TTT"
 # Axes every table shows as columns; the others are shown only where they vary.
@@ -148,7 +146,7 @@ def place(holder: Group | Ignition, axes: list[str]) -> str:
 def signal_name(group: Group) -> str:
     key = group.key
     ref = f" [ref={key['reference']}]" if key["signal"] in ("verifree", "predictive") else ""
-    marker = MARKERS.get(group.access)
+    marker = ACCESS_MARKS.get(group.access)
     return f"{key['signal']}{ref}" + (f" {marker}" if marker else "")
 
 

@@ -14,6 +14,7 @@ from catalyst_ttt.metrics.statistics import Estimate
 from catalyst_ttt.report.answer import floor_findings
 from catalyst_ttt.report.loading import Cells
 from catalyst_ttt.report.study import Report, axis_value, build, interval, signal_name, units, value
+from catalyst_ttt.schema import ACCESS_MARKS
 
 SHORT_AXES = {"catalyst_n": "n", "catalyst_steps": "steps", "reference": "ref"}  # headers that would wrap
 VERDICT_STYLES = {"stable": "green", "ignites": "green", "unstable": "red", "inconclusive": "yellow"}
@@ -37,7 +38,8 @@ def summary(report: Report) -> list[RenderableType]:
         out += [Text(""), verdict_table("TTT (gain = final − start id accuracy)", rows, "gain")]
     out += [Text(line.replace("`", ""), style="dim") for line in floor_findings(report)]
     if out:
-        out.append(Text("90% t intervals over units († gold, ‡ perfect verifier); docs/statistics.md", style="dim"))
+        marks = ", ".join(f"{mark} {access}" for access, mark in ACCESS_MARKS.items())
+        out.append(Text(f"90% t intervals over units ({marks}); docs/statistics.md", style="dim"))
     return out
 
 

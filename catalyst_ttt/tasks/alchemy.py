@@ -12,7 +12,15 @@ import random
 from dataclasses import dataclass, field
 
 from catalyst_ttt.errors import UserError
-from catalyst_ttt.tasks.base import TASKS, AtomicProbe, Problem, Task, insert_noise, sample_unique
+from catalyst_ttt.tasks.base import (
+    TASKS,
+    AtomicProbe,
+    Problem,
+    SyntheticSplits,
+    Task,
+    insert_noise,
+    sample_unique,
+)
 
 
 def _shift_letters(element: str, by: int, alphabet_size: int) -> str:
@@ -56,7 +64,7 @@ def true_fact(step: str, alphabet_size: int) -> bool:
 
 
 @dataclass
-class AlchemyConfig:
+class AlchemyConfig(SyntheticSplits):
     alphabet_size: int = 10
     length: int = 4
     ops: list[str] = field(default_factory=lambda: list(OPS))
@@ -69,21 +77,12 @@ class AlchemyConfig:
     answer_only_frac: float = 0.5
     shift_length: int = 5
     shift_steps: int = 3
-    noise_chars: int = 2
-    n_train: int = 2000
-    n_reader: int = 512  # correct traces for the IG reader: disjoint from every catalyst row and evaluated item
-    n_id: int = 128
-    n_heldout: int = 128
-    n_shift: int = 64
     n_base_single: int = 10000
-    n_base_chain: int = 12000
-    n_base_answer_only: int = 8000
     # The latent skill the base holds (docs/testbed.md). `steps`: every op, alone and in chains, and no
     # evaluated composition ever answered. `direct`: also `n_base_direct` task compositions answered
     # directly in a form the base is never prompted with (`rot,rev,inc ABCD>JIHG`, see `direct_prompt`).
     latent: str = "steps"
     n_base_direct: int = 24000
-    seed: int = 1234
 
 
 LATENT_KINDS = ("steps", "direct")

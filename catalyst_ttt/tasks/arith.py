@@ -11,23 +11,25 @@ import random
 import re
 from dataclasses import dataclass
 
-from catalyst_ttt.tasks.base import TASKS, AtomicProbe, Problem, Task, insert_noise, sample_unique
+from catalyst_ttt.tasks.base import (
+    TASKS,
+    AtomicProbe,
+    Problem,
+    SyntheticSplits,
+    Task,
+    insert_noise,
+    sample_unique,
+)
 
 
 @dataclass
-class ArithConfig:
+class ArithConfig(SyntheticSplits):
+    """Column addition; its base corpus's chains are column steps, and its answer-only problems have fewer
+    digits than any evaluated split."""
+
     digits: int = 3
     shift_digits: int = 5
-    noise_chars: int = 2
-    n_train: int = 2000
-    n_reader: int = 512  # correct traces for the IG reader: disjoint from every catalyst row and evaluated item
-    n_id: int = 128
-    n_heldout: int = 128
-    n_shift: int = 64
     n_base_facts: int = 10000
-    n_base_chain: int = 12000  # runs of chained column steps as plain text: no prompt, no answer
-    n_base_answer_only: int = 8000  # answered directly, with fewer digits than any evaluated split
-    seed: int = 1234
 
 
 def column_steps(a: int, b: int) -> tuple[str, ...]:

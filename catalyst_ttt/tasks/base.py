@@ -49,6 +49,22 @@ def sample_unique(rng: random.Random, n: int, draw, taken: set, in_space, space:
     return keys
 
 
+@dataclass
+class SyntheticSplits:
+    """What the generated tasks (alchemy, arith) draw alike: split sizes, the base corpus's shared parts, the
+    format shift's noise and the seed; each task's config adds its own settings."""
+
+    n_train: int = 2000  # the catalyst pool
+    n_reader: int = 512  # correct traces for the IG reader: disjoint from every catalyst row and evaluated item
+    n_id: int = 128
+    n_heldout: int = 128
+    n_shift: int = 64
+    n_base_chain: int = 12000  # base corpus: runs of chained steps as plain text, no prompt, no answer
+    n_base_answer_only: int = 8000  # base corpus: problems answered directly, never an evaluated composition
+    noise_chars: int = 2  # characters inserted into each `shift_format` prompt
+    seed: int = 1234
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem: the prompt shown to the model, its gold trace and gold answer.

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 
-from catalyst_ttt.config import NON_SEMANTIC, config_hash
+from catalyst_ttt.hashing import config_hash
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
 from catalyst_ttt.results import TRAJECTORY, write_json
-from catalyst_ttt.schema import StabilityConfig
-
-RULE = asdict(StabilityConfig())
+from catalyst_ttt.schema import NON_SEMANTIC, StabilityConfig
 
 
 def correct_items(accuracy: float, items: int, offset: int = 0) -> list[int]:
@@ -70,7 +68,7 @@ def fake_result(
             "catalyst": {"n": catalyst_n, "steps": 160},
             "ttt": {"steps": 20, "prompts_per_step": 4, "eval_every": 5, "anchor": anchor},
             "eval": {"trajectory_size": trajectory_items, "trajectory": True, "max_per_split": items},
-            "metrics": {"stability": dict(RULE)},
+            "metrics": {"stability": asdict(StabilityConfig())},
             "seed": seed,
             "sweep": "hand",
             "runs_dir": "runs",
