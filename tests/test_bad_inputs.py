@@ -36,6 +36,8 @@ from catalyst_ttt.checkpoints import catalyst_key, scratch_key
 from catalyst_ttt.cli import app
 from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides, quote
 from catalyst_ttt.evaluation import sample_metrics
+from catalyst_ttt.report import plots
+from catalyst_ttt.report.page import write_report
 from catalyst_ttt.results import GRID, RESULT, write_json
 from catalyst_ttt.schema import CellConfig
 from catalyst_ttt.tasks.gsm8k import GSM8K, GSM8KConfig, UnsafeExpression, safe_eval
@@ -587,22 +589,27 @@ def test_status_and_report_read_a_damaged_store_cell_by_cell(tmp_path):
     report = CliRunner().invoke(app, ["report", "hand", "--runs-dir", str(runs), "--no-wandb"], terminal_width=400)
     assert report.exit_code == 0, report.output
     text = (runs / "hand" / "report" / "report.md").read_text()
-    assert "3 of 3 cells done" in text and "Unreadable: 6 damaged file(s)" in text and all(p in text for p in bad)
+    assert "3 cells: 3 done." in text and "Unreadable: 6 damaged file(s)" in text and all(p in text for p in bad)
 
 
 def test_a_report_that_fails_midway_leaves_the_last_report_whole(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     _finished_smoke_store(runs)
     before = _report_files(runs, "smoke")
+    write_store(runs, "smoke", [fake_result("correct", "majority", 3, 0.6, 0.7) | {"sweep": "smoke"}])
 
     def broken_plot(*args):
         raise RuntimeError("a plot failed")
 
-    monkeypatch.setattr(report_module, "plot_shifts", broken_plot)
-    with pytest.raises(RuntimeError):
-        report_module.write_report(report_module.build_report(runs, "smoke"), runs)
+    last = list(plots.PLOTS)[-1]  # every other plot and results.jsonl are made, with the new cell, before it
+    monkeypatch.setitem(plots.PLOTS, last, broken_plot)
+    with pytest.raises(RuntimeError, match="a plot failed"):
+        write_report(report_module.build(report_module.from_store(runs, "smoke")), runs / "smoke" / "report")
     assert _report_files(runs, "smoke") == before
-    assert sorted(p.name for p in (runs / "smoke").iterdir() if p.name.startswith(".")) == []
+    assert [p.name for p in (runs / "smoke" / "report").iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    write_report(report_module.build(report_module.from_store(runs, "smoke")), runs / "smoke" / "report")
+    assert _report_files(runs, "smoke") != before  # the failed rebuild had something to change
 
 
 # -- hangs and floods ---------------------------------------------------------------------------

@@ -30,7 +30,9 @@ def test_cell_runs_every_phase_and_writes_results(tiny):
     assert on_disk["phases"]["catalyst"] in ("trained", "cached")
     assert not list(cell.glob(".*.tmp"))
     traces = {f"trace/{kind}/{share}" for kind in ("gold", "donor", "corrupted") for share in SHARES}
-    assert set(on_disk["probes"]) == {"format/start", "skill/base", "skill/start"} | traces
+    assert (
+        set(on_disk["probes"]) == {"format/start", "skill/base", "skill/start", "latent/base", "latent/start"} | traces
+    )
     assert all(0.0 <= value <= 1.0 for value in on_disk["probes"].values())
     assert on_disk["probes"]["trace/gold/gold_answer"] == on_disk["probes"]["trace/gold/follows_trace"]
 

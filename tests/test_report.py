@@ -286,7 +286,7 @@ def test_a_sweep_records_its_grid(tmp_path):
     grid = json.loads((tmp_path / "smoke" / GRID).read_text())
     assert grid["cells"] == {c.id: c.config_hash for c in cells} and len(grid["cells"]) == 4
     assert grid["file_sha256"] == hashlib.sha256((SWEEPS_DIR / "smoke.yaml").read_bytes()).hexdigest()
-    assert grid["axes"] == {"regime": ["none", "correct"], "signal": ["none", "majority"]}
+    assert grid["axes"] == [{"regime": ["none", "correct"], "signal": ["none", "majority"]}]  # one block
 
 
 def test_corrupt_results_are_counted_and_named(tmp_path):
@@ -297,7 +297,7 @@ def test_corrupt_results_are_counted_and_named(tmp_path):
     report = build(from_store(tmp_path, "hand"))
     assert len(report.groups[0].cells) == 3 and len(report.cells.unreadable) == 2
     text = _page(report)
-    assert f"Unreadable: 2 result.json file(s), not counted: {tmp_path / 'hand' / 'cut' / 'result.json'}" in text
+    assert f"Unreadable: 2 damaged file(s), not counted: {tmp_path / 'hand' / 'cut' / 'result.json'}" in text
     assert str(tmp_path / "hand" / "list" / "result.json") in text
 
 

@@ -227,7 +227,9 @@ def test_status_of_a_sweep_not_run_yet_shows_its_plan(tmp_path):
     done = CliRunner().invoke(app, ["status", "smoke", "--runs-dir", str(tmp_path)], terminal_width=80)
     assert done.exit_code == 0, done.output
     assert "sweep smoke: 0 of 4 cells done (nothing has run yet)" in done.output
-    assert "regime (2): none, correct" in done.output and "run it: cttt sweep smoke" in done.output
+    assert (
+        "axes: regime=none,correct; signal=none,majority" in done.output and "run it: cttt sweep smoke" in done.output
+    )
 
 
 def test_the_report_run_is_logged_to_wandb(tmp_path, monkeypatch):

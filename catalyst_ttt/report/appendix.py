@@ -76,9 +76,7 @@ def provenance(report: Report) -> list[str]:
     else:
         out.append(f"No {GRID} in the store (cells of `cttt run`): every cell is aggregated, by configuration.")
     if cells.unreadable:
-        out.append(
-            f"Unreadable: {len(cells.unreadable)} result.json file(s), not counted: {', '.join(cells.unreadable)}."
-        )
+        out.append(f"Unreadable: {len(cells.unreadable)} damaged file(s), not counted: {', '.join(cells.unreadable)}.")
     return out
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +27,8 @@ from catalyst_ttt.metrics.aggregate import (
 )
 from catalyst_ttt.report import answer, appendix, tables
 from catalyst_ttt.report.loading import RESULTS_FILE, write_file
-from catalyst_ttt.report.plots import draw
+from catalyst_ttt.report.plots import PLOTS, draw
 from catalyst_ttt.report.study import Report, anchor_order, budget_curves, ordered, varies_budget
-from catalyst_ttt.results import write_atomic
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 CAPTIONS = {
@@ -290,14 +291,23 @@ STYLE = (
 
 def write_report(report: Report, directory: Path) -> dict[str, Path]:
     """results.jsonl (unless the report was built from it), the plots, report.md and report.html; returns the
-    plots drawn."""
+    plots drawn. Every file is made in a staging directory first and moved into place only when all of them
+    exist, so a report that fails midway leaves the last one whole."""
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / RESULTS_FILE
-    if report.cells.source is None or report.cells.source.resolve() != data.resolve():
-        write_file(report.cells, data)
-    drawn = draw(report, directory)
-    files = {name: path.name for name, path in drawn.items()}
-    embedded = {name: f"data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" for name, p in drawn.items()}
-    write_atomic(directory / REPORT_MD, markdown(report, files, directory))
-    write_atomic(directory / REPORT_HTML, to_html(report, markdown(report, embedded, directory)))
-    return drawn
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".report-") as name:
+        staging = Path(name)
+        if report.cells.source is None or report.cells.source.resolve() != data.resolve():
+            write_file(report.cells, staging / RESULTS_FILE)
+        drawn = draw(report, staging)
+        files = {plot: path.name for plot, path in drawn.items()}
+        embedded = {
+            plot: f"data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" for plot, p in drawn.items()
+        }
+        (staging / REPORT_MD).write_text(markdown(report, files, directory))
+        (staging / REPORT_HTML).write_text(to_html(report, markdown(report, embedded, directory)))
+        for plot in PLOTS.keys() - drawn.keys():
+            (directory / f"{plot}.png").unlink(missing_ok=True)  # left by an earlier report of this directory
+        for path in staging.iterdir():
+            os.replace(path, directory / path.name)
+    return {plot: directory / path.name for plot, path in drawn.items()}

@@ -341,12 +341,10 @@ PLOTS: dict[str, Callable[[Report, Path], bool]] = {
 
 
 def draw(report: Report, directory: Path) -> dict[str, Path]:
-    """Every plot with something to show, as directory/NAME.png; a plot with nothing to show leaves no file."""
+    """Every plot with something to show, as directory/NAME.png; a plot with nothing to show makes no file."""
     drawn = {}
     for name, draw_one in PLOTS.items():
         path = directory / f"{name}.png"
         if draw_one(report, path):
             drawn[name] = path
-        else:
-            path.unlink(missing_ok=True)  # left by an earlier report of this directory
     return drawn
