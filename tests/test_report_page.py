@@ -19,7 +19,7 @@ from catalyst_ttt.report import RESULTS_FILE, build, from_store, read_file
 from catalyst_ttt.report.appendix import REPOSITORY, link
 from catalyst_ttt.report.loading import compact, expand
 from catalyst_ttt.report.page import markdown, slug, to_html, write_report
-from catalyst_ttt.report.plots import palette
+from catalyst_ttt.report.plots import draw, palette
 from catalyst_ttt.results import GRID, write_json
 from helpers.fakes import fake_result, write_store
 from helpers.wandb_offline import read_offline_run
@@ -80,6 +80,18 @@ def test_a_report_rebuilds_from_its_results_file_alone_byte_for_byte(tmp_path, m
     shutil.copy(directory / RESULTS_FILE, elsewhere / RESULTS_FILE)
     write_report(build(read_file(elsewhere / RESULTS_FILE)), elsewhere)
     assert _report_files(elsewhere) == original
+
+
+@pytest.mark.parametrize("study", ["testbed", "default"])
+def test_a_committed_report_rebuilds_from_its_results_file_byte_for_byte(study, tmp_path):
+    directory = REPOSITORY / "docs" / "results" / study
+    report = build(read_file(directory / RESULTS_FILE))
+    drawn = draw(report, tmp_path)  # the page names the plots it draws; their pixels depend on the fonts
+    assert sorted(p.name for p in drawn.values()) == sorted(p.name for p in directory.glob("*.png"))
+    assert (
+        markdown(report, {name: p.name for name, p in drawn.items()}, directory)
+        == (directory / "report.md").read_text()
+    )
 
 
 def test_results_file_holds_one_compact_line_per_cell_after_the_grid(tmp_path):

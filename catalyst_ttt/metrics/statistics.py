@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special  # scipy.stats is imported where used: it alone doubles a dry run's start-up
 
 # Every verdict is a one-sided test at ALPHA (equivalence: two of them, TOST); intervals are the matching
 # 1 - 2 * ALPHA = 90% two-sided intervals, so "the interval lies within / below / above" is the test.
@@ -108,6 +108,8 @@ def one_sided_p(means: Sequence[float], null: float, alternative: str) -> float:
 
 def adjust(pvalues: Sequence[float]) -> list[float]:
     """Benjamini–Hochberg adjusted p-values over one family (a report's every test)."""
+    from scipy import stats
+
     if not len(pvalues):
         return []
     return [float(p) for p in stats.false_discovery_control(np.asarray(pvalues, dtype=float), method="bh")]
@@ -116,6 +118,8 @@ def adjust(pvalues: Sequence[float]) -> list[float]:
 def floor_p(new: Sequence[int], old: Sequence[int]) -> float:
     """One replicate, same items: the exact one-sided McNemar p that `new` is right more often than `old`
     (the gate of a TTT cell: is its start above the base it came from?)."""
+    from scipy import stats
+
     up = sum(a > b for a, b in zip(new, old, strict=True))
     down = sum(a < b for a, b in zip(new, old, strict=True))
     return float(stats.binomtest(up, up + down, 0.5, alternative="greater").pvalue) if up + down else 1.0
@@ -133,6 +137,8 @@ def detectable_effect(sd: float | None, n: int) -> float | None:
 def units_to_decide(mean: float, sd: float | None, margin: float) -> int | None:
     """About how many units an interval of this mean and sd needs to lie within ±margin (|mean| < margin)
     or below -margin (mean < -margin); None where more units would not decide it."""
+    from scipy import stats
+
     distance = margin - abs(mean) if abs(mean) < margin else -margin - mean
     if sd is None or sd == 0 or distance <= 0:
         return None
