@@ -32,8 +32,9 @@ test-random: $(INSTALLED)  ## the whole suite in a random order (no test may dep
 bench: $(INSTALLED)  ## per-phase timings; SECTIONS="base cell overhead jobs" (default: all)
 	$(BIN)/python -m catalyst_ttt.bench $(SECTIONS)
 
-lint: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff, and the import layers of pyproject.toml (README, "Layers")
 	$(BIN)/ruff check catalyst_ttt tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs cache
