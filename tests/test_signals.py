@@ -413,7 +413,8 @@ def test_every_signal_runs_a_cell_and_reports_its_metrics(tiny, name):
 
     from helpers.wandb_offline import read_offline_run
 
-    result = run(tiny(f"signal={name}", "signal.samples=4", "signal.rounds=2", wandb="offline"))
+    anchor = ["ttt.anchor=replay"] if name == "replay_only" else []  # replay alone needs the replay anchor
+    result = run(tiny(f"signal={name}", "signal.samples=4", "signal.rounds=2", *anchor, wandb="offline"))
     assert result["status"] == "done", result.get("error")
     assert result["uses_labels"] == (name == "oracle")
     offline = read_offline_run(Path(result["wandb_dir"]))

@@ -361,6 +361,9 @@ def judge(group: Group, rule: StabilityConfig) -> tuple[str, list[str]]:
         return DID_NOT_TRAIN, [f"no reward spread in {flat:.0%} of groups (≥ {rule.max_flat_rewards:.0%})"]
     if group.adjusted["within"] < ALPHA:
         return STABLE, [f"{interval} lies within ±{rule.margin} (p_adj={format_p(group.adjusted['within'])})"]
+    if -rule.margin < gain.low and gain.high < rule.margin:  # within, but not after the report's adjustment
+        adjusted = format_p(group.adjusted["within"])
+        return INCONCLUSIVE, [f"{interval} lies within ±{rule.margin}, not after adjustment (p_adj={adjusted})"]
     needed = units_to_decide(gain.mean, gain.sd, rule.margin)
     more = f"; about {needed} units would decide it" if needed else ""
     return INCONCLUSIVE, [f"{interval} crosses ±{rule.margin}{more}"]
