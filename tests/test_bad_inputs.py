@@ -736,7 +736,12 @@ def test_an_interrupted_cell_is_recorded_interrupted_and_a_rerun_finishes_it(tin
 def test_sigint_during_ttt_records_interrupted_with_its_log(tiny, tmp_path):
     runs = tmp_path / "runs"
     overrides = tiny("regime=none", "signal=majority", *MINIMAL, "ttt.steps=400")
-    proc = subprocess.Popen([CTTT, "run", *overrides], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (an earlier test's library can leave it ignored in this process),
+    # and Python then installs no KeyboardInterrupt handler: the cell starts as a terminal would start it.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        [CTTT, "run", *overrides], cwd=tmp_path, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not any('"ttt"' in p.read_text() for p in runs.glob("single/*/status.json")):
         time.sleep(0.2)
