@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from statistics import mean
 
+from catalyst_ttt.results import GATED, read_store
 from catalyst_ttt.sweep import load_sweep
 
 BENCH = "bench"
@@ -436,7 +437,7 @@ def sweep(runs: Path, cache: Path, jobs: int) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"bench sweep failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     trainings = Counter(json.loads(line)["kind"] for line in log.read_text().splitlines()[before:])
-    results = [json.loads(p.read_text()) for p in runs.glob(f"{BENCH}/*/result.json")]
+    results = read_store(runs, BENCH).results
     keys = {k for r in results for k in r["timing"]}
     profile = {k.removesuffix("_s"): mean(r["timing"].get(k, 0.0) for r in results) for k in keys}
     return {"cells": len(results), "seconds": seconds, "trainings": trainings, "profile": profile}
@@ -450,7 +451,7 @@ STUDY_PHASES = ("base", "catalyst", "pre_ttt", "ttt", "eval", "ig")
 def study_section(runs: Path = Path("runs")) -> None:
     """Per kind of cell of the default study (as `make sweep` ran it): how many, and the mean and total
     seconds of each phase, from the store's result.json files."""
-    results = [json.loads(p.read_text()) for p in (runs / DEFAULT).glob("*/result.json")]
+    results = read_store(runs, DEFAULT).results if (runs / DEFAULT).is_dir() else []
     if not results:
         print(f"\nNo default study in {runs / DEFAULT}: run `make sweep` first, then `make bench SECTIONS=study`.")
         return
@@ -471,7 +472,7 @@ def study_section(runs: Path = Path("runs")) -> None:
 def _kind(result: dict) -> str:
     """What a cell of the study did: trained a base (its first cell), was gated, ran TTT or only measured."""
     axes = result["axes"]
-    what = "gated (start at its floor)" if result["status"] == "gated" else f"signal {axes['signal']}"
+    what = "gated (start at its floor)" if result["status"] == GATED else f"signal {axes['signal']}"
     built = [phase for phase in ("base", "catalyst") if result.get("phases", {}).get(phase) == "trained"]
     return f"{axes['regime']} x {what}" + (f" (+ {' + '.join(built)} built)" if built else "")
 

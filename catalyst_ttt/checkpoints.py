@@ -65,6 +65,24 @@ def trains_at_test_time(cfg: DictConfig) -> bool:
     return SIGNALS.get(cfg.signal.name).trainer is not None and cfg.ttt.steps > 0
 
 
+def floor_gate(cfg: DictConfig, start: list[int], base: list[int]) -> dict | None:
+    """Why this cell's TTT is not run, from the per-item greedy id correctness of its start and its base (the
+    start does not beat the base: exact one-sided test, metrics/aggregate.above_floor; regime `none` is the
+    floor itself), or None when it trains. The pipeline gates by it and a dry run predicts with it."""
+    if not cfg.ttt.gate or not trains_at_test_time(cfg):
+        return None
+    p = floor_p(start, base)
+    if cfg.regime.name != "none" and p < ALPHA:
+        return None
+    start_acc, base_acc = (sum(arm) / max(1, len(arm)) for arm in (start, base))
+    return {
+        "p": p,
+        "start": start_acc,
+        "base": base_acc,
+        "reason": f"start {start_acc:.3f} vs base {base_acc:.3f}, p={format_p(p)}",
+    }
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a cell needs before it can run, as the phase cache has it now."""
@@ -109,5 +127,5 @@ def _ttt_plan(cfg: DictConfig, base_dir: Path | None, start_dir: Path | None) ->
     base = measured_beside(base_dir, BASE_EVAL, base_eval_key(cfg)) if base_dir else None
     if start is None or base is None:
         return "gate decided after the catalyst"
-    p = floor_p(start["id"]["correct"], base["correct"])
-    return "trains" if p < ALPHA else f"gated (start not above base, p={format_p(p)})"
+    gate = floor_gate(cfg, start["id"]["correct"], base["correct"])
+    return "trains" if gate is None else f"gated (start not above base, p={format_p(gate['p'])})"

@@ -200,13 +200,12 @@ def _print_plan(sweep, cells) -> None:
         table.add_column(leaf if leaves.count(leaf) == 1 else key)  # catalyst.n -> n, but base.seed beside seed
     for column in ("state", "base", "catalyst", "ttt"):
         table.add_column(column)
-    for cell in cells:
+    states = [cell.state() for cell in cells]
+    for cell, state in zip(cells, states):
         steps = plan(cell.config)
-        table.add_row(
-            *(value(cell.config, key) for key in varying), cell.state(), steps.base, steps.catalyst, steps.ttt
-        )
+        table.add_row(*(value(cell.config, key) for key in varying), state, steps.base, steps.catalyst, steps.ttt)
     console.print(table)
-    done = sum(c.state() in COMPLETE for c in cells)
+    done = sum(state in COMPLETE for state in states)
     console.print(f"{done}/{len(cells)} cells done; axes: {sweep.describe_axes()}", highlight=False)
 
 

@@ -28,13 +28,12 @@ def generate(
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size)
+        return _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size, device)
 
 
-def _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size) -> list[list[str]]:
+def _generate(model, tokenizer, prompts, max_new_tokens, samples, temperature, batch_size, device) -> list[list[str]]:
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     per_batch = max(1, batch_size // max(1, samples))
     out: list[list[str]] = []
     for start in range(0, len(prompts), per_batch):

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from catalyst_ttt.config import compose_cell
-from catalyst_ttt.device import resolve_device
+from catalyst_ttt.device import DEVICES, resolve_device
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.generation import generate
 from catalyst_ttt.models import load_pretrained
@@ -211,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--size", choices=sorted(SHAPES), default="small")
-    parser.add_argument("--device", choices=["cuda", "cpu", "auto"], default="cuda")
+    parser.add_argument("--device", choices=DEVICES, default="cuda")
     parser.add_argument("overrides", nargs="*", help="cell overrides, applied last")
     args = parser.parse_intermixed_args()
     quiet_libraries()

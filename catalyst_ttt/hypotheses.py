@@ -20,12 +20,11 @@ signal, anchor, catalyst_n, latent, ttt_steps, ...).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from catalyst_ttt.errors import UserError
+from catalyst_ttt.hashing import config_hash
 from catalyst_ttt.metrics.aggregate import (
     ALPHA,
     INCONCLUSIVE,
@@ -106,9 +105,7 @@ def parse(spec: dict | None, where: str) -> list[Hypothesis]:
 
 def fingerprint(spec: dict | None) -> str | None:
     """A hash of the hypotheses as written: recorded at a sweep's first launch, compared at every report."""
-    if not spec:
-        return None
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(spec) if spec else None
 
 
 def registered_scores(grid: dict | None, analysis: Analysis, ig_readable: bool) -> tuple[list[Score], str | None]:

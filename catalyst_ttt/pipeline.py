@@ -24,6 +24,7 @@ from catalyst_ttt.checkpoints import (
     base_key,
     catalyst_key,
     checkpoint_name,
+    floor_gate,
     plain,
     reader_key,
     scratch_key,
@@ -35,7 +36,6 @@ from catalyst_ttt.device import device_record, resolve_device
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import calibration, information_gain, reader_rows, unfaithful_steps
 from catalyst_ttt.metrics.probes import catalyst_probes
-from catalyst_ttt.metrics.statistics import ALPHA, floor_p, format_p
 from catalyst_ttt.models import (
     char_tokenizer,
     load_pretrained,
@@ -91,7 +91,7 @@ def run_cell(cfg: DictConfig) -> dict:
             result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         # the floor gate: TTT from a start that does not beat its base has nothing to keep, so it is not run
-        if gate := floor_gate(cfg, result["items"]["id"]):
+        if gate := floor_gate(cfg, result["items"]["id"]["start"], result["items"]["id"]["base"]):
             record.gate(gate)
             return record.result
         # 3. ttt: the signal on the unlabeled id prompts (training a LoRA adapter with ttt.lora), with the
@@ -165,18 +165,6 @@ def pre_ttt_accuracy(start: SplitResult, base: SplitResult) -> tuple[dict, dict]
         "process/step_validity": start.metrics["process/step_validity"],
     }
     return metrics, {"id": {"base": base.correct, "start": start.correct}}
-
-
-def floor_gate(cfg: DictConfig, items: dict) -> dict | None:
-    """Why this cell's TTT is not run (its start does not beat its base on the same id items: exact
-    one-sided test, metrics/aggregate.above_floor), or None when it trains."""
-    if not cfg.ttt.gate or not trains_at_test_time(cfg):
-        return None
-    p = floor_p(items["start"], items["base"])
-    if cfg.regime.name != "none" and p < ALPHA:
-        return None
-    start, base = (sum(items[arm]) / max(1, len(items[arm])) for arm in ("start", "base"))
-    return {"p": p, "start": start, "base": base, "reason": f"start {start:.3f} vs base {base:.3f}, p={format_p(p)}"}
 
 
 def start_probes(cfg, task, splits, model, start_ref: str, base_ref: str, tokenizer) -> dict:
@@ -304,9 +292,9 @@ def train_at_test_time(
 ) -> int:
     """Train on the id prompts without their labels (GRPO with the cell's `anchor`), calling `on_eval(step)`
     every `ttt.eval_every` steps; returns the number of TTT steps taken."""
-    signal = SIGNALS.get(cfg.signal.name)
-    if signal.trainer is None or cfg.ttt.steps == 0:
+    if not trains_at_test_time(cfg):
         return 0
+    signal = SIGNALS.get(cfg.signal.name)
     hook = StepHook(
         on_log=tracker.log_step,
         on_eval=on_eval,

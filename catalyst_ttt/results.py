@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ RESULT, STATUS, TRAJECTORY, CONFIG, SAMPLES = (
     "samples.json",
 )
 GRID = "grid.json"  # runs/<sweep>/grid.json: the grid the last `cttt sweep` of that name ran
-GATED = "gated"  # finished before TTT: the start does not beat its base (pipeline.floor_gate)
+GATED = "gated"  # finished before TTT: the start does not beat its base (checkpoints.floor_gate)
 COMPLETE = ("done", "diverged", GATED)  # a cell in one of these states is never run again
 FINAL = (*COMPLETE, "failed", "interrupted")  # the statuses a run of a cell ends with
 LOCKS = ".locks"  # beside the cells: starting a cell clears its directory, never its lock
@@ -55,26 +54,6 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def staged_directory(directory: Path):
-    """A fresh directory to write into, which replaces `directory` only when the block completes: a
-    failure midway leaves the previous `directory` as it was and nothing half-written."""
-    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    shutil.rmtree(retired, ignore_errors=True)
-    if directory.exists():
-        directory.rename(retired)
-    staging.rename(directory)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_json(path: Path, data) -> None:

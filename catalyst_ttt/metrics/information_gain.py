@@ -82,7 +82,7 @@ def information_gain(
         return out | dict.fromkeys(
             ("ig/total", "ig/end", "ig/per_step", "ig/positive_frac", "ig/wu_ppl", "ig/acc_corr")
         )
-    totals = [_mean([x - ells[i][0] for x in ells[i][1:]]) for i in traced]
+    totals = [_total(ells[i]) for i in traced]
     gains = [b - a for i in traced for a, b in zip(ells[i], ells[i][1:])]
     texts = [
         t
@@ -107,14 +107,17 @@ def calibration(
     gold traces gain (> 0) and gain more than every other kind (docs/metrics.md)."""
     out = {}
     for name, build in kinds.items():
-        traces = build(problems)
-        kept = [(p, t) for p, t in zip(problems, traces) if t]
+        kept = [(p, t) for p, t in zip(problems, build(problems)) if t]
         if kept:
             prompts, steps, answers = [p.prompt for p, _ in kept], [t for _, t in kept], [p.answer for p, _ in kept]
-            out[name] = information_gain(task, scorer, tokenizer, prompts, steps, answers, batch_size=batch_size)[
-                "ig/total"
-            ]
+            ells = item_prefix_logprobs(task, scorer, tokenizer, prompts, steps, answers, batch_size)
+            out[name] = _mean([_total(ell) for ell in ells])
     return out
+
+
+def _total(ell: list[float]) -> float:
+    """`ig/total` of one item from its ℓ_0..ℓ_n: the mean gain of its prefixes over the bare prompt."""
+    return _mean([x - ell[0] for x in ell[1:]])
 
 
 def _mean(values: list[float]) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalyst_ttt.errors import UserError, did_you_mean
+from catalyst_ttt.metrics.aggregate import FINISHED
 from catalyst_ttt.results import GRID, TRAJECTORY, read_record, read_store, sweep_dir, write_atomic
 from catalyst_ttt.sweep import available_sweeps, sweep_description
 
@@ -49,7 +50,7 @@ def from_store(runs_dir: str | Path, sweep: str) -> Cells:
         trajectory = read_record(root / result["cell"] / TRAJECTORY)
         if trajectory:
             result["trajectory"] = trajectory
-    if not any(r["status"] in ("done", "gated") for r in results):
+    if not any(r["status"] in FINISHED for r in results):
         raise UserError(f"sweep {sweep!r} has no finished cells in {root}; run `cttt sweep {sweep}` first")
     return Cells(
         sweep,
