@@ -29,6 +29,7 @@ from pathlib import Path
 from statistics import mean
 
 from catalyst_ttt.results import GATED, read_store
+from catalyst_ttt.schema import ModelConfig
 from catalyst_ttt.sweep import load_sweep
 
 BENCH = "bench"
@@ -141,7 +142,7 @@ def generation_section(overrides: list[str]) -> None:
     cfg = compose_cell(overrides)
     task = build_task(cfg)
     torch.set_num_threads(1)
-    model, tokenizer = catalyst_model(cfg)
+    model, tokenizer = catalyst_model(cfg.cache_dir, cfg.model)
     prompts = [
         p.prompt
         for name, items in with_chat_template(task.splits(), tokenizer).items()
@@ -189,7 +190,7 @@ def ttt_batch_section(overrides: list[str]) -> None:
         task = build_task(cfg)
         best = float("inf")
         for _ in range(RUNS):
-            model, tokenizer = catalyst_model(cfg)
+            model, tokenizer = catalyst_model(cfg.cache_dir, cfg.model)
             problems = with_chat_template(task.splits(), tokenizer)["id"]
             by_prompt = {p.prompt: p for p in problems}
             reward = make_reward_function(
@@ -226,13 +227,13 @@ def ttt_batch_section(overrides: list[str]) -> None:
     print(table(f"GRPO step size ({steps} steps, majority, num_generations from the default study)", header, rows))
 
 
-def catalyst_model(cfg):
-    """The one catalyst checkpoint in `cfg.cache_dir` (the `cell` section's)."""
+def catalyst_model(cache_dir: str, model: ModelConfig):
+    """The one catalyst checkpoint in `cache_dir` (the `cell` section's)."""
     from catalyst_ttt.cache import cached_keys
     from catalyst_ttt.models import load_pretrained
 
-    (key,) = cached_keys(cfg.cache_dir, "catalyst")
-    return load_pretrained(str(Path(cfg.cache_dir) / "catalyst" / key), cfg.model)
+    (key,) = cached_keys(cache_dir, "catalyst")
+    return load_pretrained(str(Path(cache_dir) / "catalyst" / key), model)
 
 
 def _share(part: float, total: float) -> str:

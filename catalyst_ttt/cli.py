@@ -175,14 +175,13 @@ def sweep(
 def _print_plan(sweep, cells) -> None:
     """One row per cell: its axis values (an axis with one value goes to the title), state, and what it still
     needs (checkpoints.plan: the pipeline's own keys, damaged checkpoints never called cached)."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from catalyst_ttt.checkpoints import plan
-    from catalyst_ttt.config import GROUPS
     from catalyst_ttt.results import COMPLETE
 
-    def value(cfg, key: str) -> str:
-        return str(cfg[key].name if key in GROUPS else OmegaConf.select(cfg, key))
+    def shown(node) -> str:  # a group (regime, signal, ...) by its name
+        return str(node.name if isinstance(node, DictConfig) else node)
 
     values: dict[str, set[str]] = {}  # every value an axis takes in any block
     for axes in sweep.blocks:
@@ -203,7 +202,8 @@ def _print_plan(sweep, cells) -> None:
     states = [cell.state() for cell in cells]
     for cell, state in zip(cells, states):
         steps = plan(cell.config)
-        table.add_row(*(value(cell.config, key) for key in varying), state, steps.base, steps.catalyst, steps.ttt)
+        coordinates = (shown(OmegaConf.select(cell.config, key)) for key in varying)
+        table.add_row(*coordinates, state, steps.base, steps.catalyst, steps.ttt)
     console.print(table)
     done = sum(state in COMPLETE for state in states)
     console.print(f"{done}/{len(cells)} cells done; axes: {sweep.describe_axes()}", highlight=False)

@@ -10,7 +10,7 @@ import copy
 import json
 import math
 import re
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import get_type_hints
 
@@ -64,37 +64,123 @@ def compose_cell(overrides: list[str]) -> DictConfig:
     return compose_cells([overrides])[0]
 
 
+REPLICATE_KEYS = ("seed", "base.seed")  # what the replicates of one design differ in
+
+
 def compose_cells(grid: list[list[str]]) -> list[DictConfig]:
-    """Each grid point's config, validated. Hydra composes once per choice of config-group options (and
-    additions, Hydra's own keys); every other override sets an existing key of a copy, typed by the schema
-    as Hydra would, so a sweep of hundreds of cells plans in seconds. Interpolations are resolved here, so
-    every value is checked as what the cell will use."""
-    composed: dict[tuple[str, ...], DictConfig] = {}
+    """Each grid point's config, validated. Hydra composes once per config-group option (`Composer`); every
+    other override sets an existing key of a copy, typed by the schema as Hydra would, so a sweep of hundreds
+    of cells plans in seconds. Interpolations are resolved here, so every value is checked as what the cell
+    will use. A replicate (another `seed`/`base.seed` of a design already composed, where no value
+    interpolates) is a copy of that design with its seeds set."""
+    composer = Composer()
+    parsed_lines: dict[str, Override] = {}
     validated: set[str] = set()  # designs already checked: replicates differ in their seeds alone
+    designs: dict[tuple, DictConfig] = {}  # resolved configs that replicates copy
     cells = []
     for overrides in grid:
-        parsed = parse_overrides(list(overrides), "the command line")
-        for line, override in zip(overrides, parsed):
-            _check_override(line, override)
-        structural = tuple(o.input_line for o in parsed if _needs_hydra(o))
-        if structural not in composed:
-            composed[structural] = _compose(list(structural))
-        cfg = copy.deepcopy(composed[structural])
+        parsed = [_parsed(line, parsed_lines) for line in overrides]
+        seeds = [o for o in parsed if o.key_or_group in REPLICATE_KEYS and not _needs_hydra(o)]
+        design = (tuple(o.input_line for o in parsed if o not in seeds), tuple(o.key_or_group for o in seeds))
+        if design in designs:
+            cfg = copy.deepcopy(designs[design])
+            for override in seeds:
+                _set(cfg, override)
+                _check_range(
+                    override.key_or_group, OmegaConf.select(cfg, override.key_or_group), RANGES[override.key_or_group]
+                )
+            cells.append(cfg)
+            continue
+        cfg = composer.compose([o for o in parsed if _needs_hydra(o)])
         for override in parsed:
             if not _needs_hydra(override):
                 _set(cfg, override)
+        interpolates = "${" in json.dumps(OmegaConf.to_container(cfg), default=str)
         _resolve(cfg)
         make_paths_absolute(cfg)
         plain = OmegaConf.to_container(cfg)
-        design = json.dumps({**plain, "seed": None, "base": {**plain["base"], "seed": None}}, default=str)
-        if design in validated:
-            for key in ("seed", "base.seed"):
+        checked = json.dumps({**plain, "seed": None, "base": {**plain["base"], "seed": None}}, default=str)
+        if checked in validated:
+            for key in REPLICATE_KEYS:
                 _check_range(key, OmegaConf.select(cfg, key), RANGES[key])
         else:
             validate(cfg)
-            validated.add(design)
+            validated.add(checked)
+        if not interpolates:
+            designs[design] = cfg  # its replicates copy it before setting their seeds
         cells.append(cfg)
     return cells
+
+
+def _parsed(line: str, seen: dict[str, Override]) -> Override:
+    """One override line read with Hydra's grammar and checked, once per distinct line of a grid."""
+    if line not in seen:
+        (override,) = parse_overrides([line], "the command line")
+        _check_override(line, override)
+        seen[line] = override
+    return seen[line]
+
+
+class Composer:
+    """Hydra's composition of a grid's structural overrides, run once per group option rather than once per
+    combination of options (a sweep of 6 regimes x 10 signals composes 17 times: once per option and once with
+    none, not 60).
+
+    A group option that changes nothing outside its own group (checked against the default composition when
+    it is first used) is copied into a copy of the default composition; a combination with any other override
+    (additions, packages, `hydra.*`, an option that reaches outside its group) is composed whole."""
+
+    def __init__(self):
+        self.default: DictConfig | None = None
+        self.options: dict[str, DictConfig | None] = {}  # "group=option" -> its group's node; None: not its own
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
+        self.whole: set[tuple[str, ...]] = set()  # the combinations Hydra composed as a whole
+
+    def compose(self, structural: list[Override]) -> DictConfig:
+        """A fresh copy of the composition of `structural` (group choices, additions, `hydra.*`)."""
+        lines = tuple(o.input_line for o in structural)
+        if lines not in self.composed:
+            assembled = self._assemble(structural)
+            if assembled is None:
+                assembled = _compose(list(lines))
+                self.whole.add(lines)
+            self.composed[lines] = assembled
+        return copy.deepcopy(self.composed[lines])
+
+    def _assemble(self, structural: list[Override]) -> DictConfig | None:
+        groups = [o.key_or_group for o in structural]
+        if len(set(groups)) < len(groups) or not all(_plain_choice(o) for o in structural):
+            return None  # Hydra says what is wrong with a group given twice
+        nodes = [self._option(o) for o in structural]
+        if any(node is None for node in nodes):
+            return None
+        cfg = copy.deepcopy(self._default())
+        for choice, node in zip(structural, nodes):
+            cfg[choice.key_or_group] = copy.deepcopy(node)
+        return cfg
+
+    def _default(self) -> DictConfig:
+        if self.default is None:
+            self.default = _compose([])
+        return self.default
+
+    def _option(self, choice: Override) -> DictConfig | None:
+        line = choice.input_line
+        if line not in self.options:
+            composed, default, group = _compose([line]), self._default(), choice.key_or_group
+            own = composed.keys() == default.keys() and all(composed[k] == default[k] for k in default if k != group)
+            self.options[line] = composed[group] if own else None
+        return self.options[line]
+
+
+def _plain_choice(override: Override) -> bool:
+    """`group=option`: one option of a config group, nothing added or repackaged."""
+    return (
+        override.key_or_group in GROUPS
+        and not (override.is_add() or override.is_force_add() or override.is_delete())
+        and override.package is None
+        and isinstance(override.value(), str)
+    )
 
 
 def _needs_hydra(override: Override) -> bool:
@@ -522,6 +608,58 @@ def cell_identity(cfg: DictConfig) -> tuple[str, str]:
     return (
         f"{cfg.task.name}-{model_label(cfg)}-{cfg.regime.name}-{cfg.signal.name}-s{cfg.seed}-{semantic[:8]}",
         semantic,
+    )
+
+
+def axes_of(cfg: DictConfig) -> dict:
+    """The grid coordinates of a cell; a replicate is the pair (base_seed, seed)."""
+    return {
+        "task": cfg.task.name,
+        "model": cfg.model.kind,
+        "regime": cfg.regime.name,
+        "signal": cfg.signal.name,
+        "reference": cfg.signal.reference,
+        "anchor": cfg.ttt.anchor,
+        "catalyst_n": cfg.catalyst.n,
+        "catalyst_steps": cfg.catalyst.steps,
+        "ttt_steps": cfg.ttt.steps,
+        "latent": cfg.task.get("latent"),  # the kind of latent skill the base holds (tasks with a choice)
+        "base_seed": cfg.base.seed,
+        "seed": cfg.seed,
+    }
+
+
+@dataclass(frozen=True)
+class CellDescription:
+    """What a cell records of its config (record.CellRecord), read from it once: who it is, where its
+    entry lives, its grid coordinates, and what its signal may see."""
+
+    name: str
+    config_hash: str
+    runs_dir: str
+    sweep: str
+    signal: str
+    axes: dict
+    config: dict  # resolved
+    config_yaml: str  # as composed, for the cell's directory
+    uses_labels: bool
+    access: str
+    rewarded: bool
+
+
+def describe_cell(cfg: DictConfig) -> CellDescription:
+    signal = SIGNALS.get(cfg.signal.name)
+    return CellDescription(
+        *cell_identity(cfg),
+        runs_dir=str(cfg.runs_dir),
+        sweep=cfg.sweep,
+        signal=cfg.signal.name,
+        axes=axes_of(cfg),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        config_yaml=OmegaConf.to_yaml(cfg),
+        uses_labels=signal.uses_labels(cfg.signal),
+        access=signal.access_of(cfg.signal),
+        rewarded=signal.reward_varies,
     )
 
 

@@ -31,7 +31,7 @@ from catalyst_ttt.checkpoints import (
     start_eval_key,
     trains_at_test_time,
 )
-from catalyst_ttt.config import build_task
+from catalyst_ttt.config import build_task, describe_cell, task_key
 from catalyst_ttt.device import device_record, resolve_device
 from catalyst_ttt.evaluation import SplitResult, Trajectory, evaluate_split
 from catalyst_ttt.metrics.information_gain import calibration, information_gain, reader_rows, unfaithful_steps
@@ -62,7 +62,7 @@ from catalyst_ttt.training import (
 
 def run_cell(cfg: DictConfig) -> dict:
     """Run one cell (or return its finished result); `result.json` is written atomically."""
-    record = CellRecord(cfg)
+    record = CellRecord(describe_cell(cfg), cfg.wandb, cfg.lock_timeout)
     if finished := record.finished_or_claim():
         return finished | {"skipped": True}
     task = build_task(cfg)  # bad data is the user's error: raised before anything is written
@@ -91,7 +91,8 @@ def run_cell(cfg: DictConfig) -> dict:
             result["probes"] = start_probes(cfg, task, splits, model, start_ref, base_ref, tokenizer)
         result["ignition"] = result["pre_ttt"]["acc/greedy"] - result["pre_ttt"]["base_acc/greedy"]
         # the floor gate: TTT from a start that does not beat its base has nothing to keep, so it is not run
-        if gate := floor_gate(cfg, result["items"]["id"]["start"], result["items"]["id"]["base"]):
+        items = result["items"]["id"]
+        if gate := floor_gate(cfg.ttt, cfg.signal, cfg.regime.name, items["start"], items["base"]):
             record.gate(gate)
             return record.result
         # 3. ttt: the signal on the unlabeled id prompts (training a LoRA adapter with ttt.lora), with the
@@ -136,7 +137,7 @@ def start_evaluation(cfg, task, splits, model, start_ref: str, tokenizer) -> dic
         cfg,
         start_ref,
         START_EVAL,
-        start_eval_key(cfg),
+        start_eval_key(cfg.eval, cfg.seed),
         lambda: _as_json(evaluate_splits(cfg, task, splits, model, tokenizer)),
     )
     return {name: SplitResult(**split) for name, split in saved.items()}
@@ -150,7 +151,7 @@ def base_evaluation(cfg, task, problems: list[Problem], base_ref: str, tokenizer
         base = load_pretrained(base_ref, cfg.model, device)[0]
         return asdict(evaluate_split(task, problems, base, tokenizer, cfg.eval, cfg.seed, sampled=False))
 
-    return SplitResult(**cached_beside(cfg, base_ref, BASE_EVAL, base_eval_key(cfg), compute))
+    return SplitResult(**cached_beside(cfg, base_ref, BASE_EVAL, base_eval_key(cfg.eval), compute))
 
 
 def _as_json(evaluated: dict[str, SplitResult]) -> dict:
@@ -221,7 +222,7 @@ def base_checkpoint(cfg: DictConfig, task: Task, owner: str, device: str) -> tup
         )
         save_checkpoint(model, tokenizer, directory)
 
-    return phase_checkpoint(cfg, "base", base_key(cfg), build, owner)
+    return phase_checkpoint(cfg, "base", base_key(task_key(cfg), cfg.model, cfg.base), build, owner)
 
 
 def scratch_checkpoint(cfg: DictConfig, owner: str) -> str:
@@ -232,7 +233,7 @@ def scratch_checkpoint(cfg: DictConfig, owner: str) -> str:
         tokenizer = char_tokenizer()
         save_checkpoint(new_tiny_model(cfg.model, tokenizer, cfg.base.seed), tokenizer, directory)
 
-    return phase_checkpoint(cfg, "scratch", scratch_key(cfg), build, owner)[0]
+    return phase_checkpoint(cfg, "scratch", scratch_key(cfg.model, cfg.base), build, owner)[0]
 
 
 def catalyst_data(cfg: DictConfig, task: Task, pool: list[Problem]) -> tuple[list[dict], dict]:
@@ -248,7 +249,7 @@ def catalyst_checkpoint(cfg: DictConfig, rows: list[dict], base_ref: str, owner:
         return base_ref, "skipped"
     c = cfg.catalyst
     origin = scratch_checkpoint(cfg, owner) if c.from_scratch else base_ref
-    key = catalyst_key(cfg, checkpoint_name(cfg, origin))
+    key = catalyst_key(checkpoint_name(cfg.model, origin), task_key(cfg), cfg.regime, c, cfg.seed)
     schedule = (c.steps, c.batch_size, c.lr, cfg.seed)
     return sft_checkpoint(cfg, origin, rows, schedule, "catalyst", key, owner, device)
 
@@ -292,7 +293,7 @@ def train_at_test_time(
 ) -> int:
     """Train on the id prompts without their labels (GRPO with the cell's `anchor`), calling `on_eval(step)`
     every `ttt.eval_every` steps; returns the number of TTT steps taken."""
-    if not trains_at_test_time(cfg):
+    if not trains_at_test_time(cfg.signal, cfg.ttt):
         return 0
     signal = SIGNALS.get(cfg.signal.name)
     hook = StepHook(
@@ -354,7 +355,7 @@ def ig_reader(
         phases["reader"] = "given"
         return Reader(load_pretrained(ig.scorer, cfg.model, device)[0], None)
     rows = reader_rows(task, splits["reader"])
-    key = reader_key(cfg, checkpoint_name(cfg, base_ref))
+    key = reader_key(checkpoint_name(cfg.model, base_ref), task_key(cfg), ig)
     path, phases["reader"] = sft_checkpoint(cfg, base_ref, rows, tuple(key["reader"]), "reader", key, owner, device)
     return Reader(load_pretrained(path, cfg.model, device)[0], Path(path))
 

@@ -11,43 +11,23 @@ import socket
 import time
 import traceback
 
-from omegaconf import DictConfig, OmegaConf
-
-from catalyst_ttt.config import cell_identity
+from catalyst_ttt.config import CellDescription
 from catalyst_ttt.metrics.stability import early_warning, trajectory_stability
 from catalyst_ttt.results import GATED, RESULT, SAMPLES, TRAJECTORY, CellDir
-from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.schema import WandbConfig
 from catalyst_ttt.tracking import Tracker
 from catalyst_ttt.training import divergence_of
 
 TAGGED_AXES = ("task", "model", "regime", "signal", "anchor")  # W&B tags, for filtering runs
 
 
-def axes_of(cfg: DictConfig) -> dict:
-    """The grid coordinates of a cell; a replicate is the pair (base_seed, seed)."""
-    return {
-        "task": cfg.task.name,
-        "model": cfg.model.kind,
-        "regime": cfg.regime.name,
-        "signal": cfg.signal.name,
-        "reference": cfg.signal.reference,
-        "anchor": cfg.ttt.anchor,
-        "catalyst_n": cfg.catalyst.n,
-        "catalyst_steps": cfg.catalyst.steps,
-        "ttt_steps": cfg.ttt.steps,
-        "latent": cfg.task.get("latent"),  # the kind of latent skill the base holds (tasks with a choice)
-        "base_seed": cfg.base.seed,
-        "seed": cfg.seed,
-    }
-
-
 class CellRecord:
     """One cell's entry in the results store and its W&B run."""
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.name, self.config_hash = cell_identity(cfg)
-        self.store = CellDir(cfg.runs_dir, cfg.sweep, self.name)
+    def __init__(self, cell: CellDescription, wandb: WandbConfig, lock_timeout: float):
+        self.cell, self.wandb, self.lock_timeout = cell, wandb, lock_timeout
+        self.name, self.config_hash = cell.name, cell.config_hash
+        self.store = CellDir(cell.runs_dir, cell.sweep, self.name)
         self.tracker: Tracker | None = None
         self.result: dict = {}
         self.current_phase = "start"
@@ -55,7 +35,7 @@ class CellRecord:
     def finished_or_claim(self) -> dict | None:
         """The stored result when this exact config already ran to the end; otherwise None, with the cell's
         lock taken (after waiting for another process running it) and held until the result is written."""
-        if self.store.is_done(self.config_hash) or not self.store.claim(self.config_hash, self.cfg.lock_timeout):
+        if self.store.is_done(self.config_hash) or not self.store.claim(self.config_hash, self.lock_timeout):
             return self.store.result()
         return None
 
@@ -63,35 +43,32 @@ class CellRecord:
     def running(self):
         """Start the cell; on exit write `result.json` atomically with status done/diverged/failed, or
         interrupted (Ctrl-C, SIGINT: not the cell's failure; a rerun runs it again)."""
-        cfg = self.cfg
-        signal = SIGNALS.get(cfg.signal.name)
-        uses_labels = signal.uses_labels(cfg.signal)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        self.store.start(OmegaConf.to_yaml(cfg))
+        cell, wandb = self.cell, self.wandb
+        self.store.start(cell.config_yaml)
         self.started = time.perf_counter()
         self.result = {
             "cell": self.name,
-            "sweep": cfg.sweep,
+            "sweep": cell.sweep,
             "config_hash": self.config_hash,
             "status": "failed",
-            "uses_labels": uses_labels,
-            "access": signal.access_of(cfg.signal),
-            "rewarded": signal.reward_varies,
-            "axes": axes_of(cfg),
-            "config": config,
+            "uses_labels": cell.uses_labels,
+            "access": cell.access,
+            "rewarded": cell.rewarded,
+            "axes": cell.axes,
+            "config": cell.config,
             "host": socket.gethostname(),
             "timing": {},
             "phases": {},
         }
         self.tracker = Tracker(
-            mode=cfg.wandb.mode,
-            project=cfg.wandb.project,
-            entity=cfg.wandb.entity,
-            group=cfg.sweep,
-            job_type=cfg.signal.name,
-            tags=[f"{axis}:{value}" for axis, value in axes_of(cfg).items() if axis in TAGGED_AXES],
+            mode=wandb.mode,
+            project=wandb.project,
+            entity=wandb.entity,
+            group=cell.sweep,
+            job_type=cell.signal,
+            tags=[f"{axis}:{value}" for axis, value in cell.axes.items() if axis in TAGGED_AXES],
             name=self.name,
-            config=config | {"uses_labels": uses_labels},
+            config=cell.config | {"uses_labels": cell.uses_labels},
             directory=self.store.path,
         )
         try:

@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from datasets import Dataset  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+from catalyst_ttt import pipeline  # noqa: E402
 from catalyst_ttt.models import char_tokenizer, new_tiny_model  # noqa: E402
 from catalyst_ttt.regimes import REGIMES  # noqa: E402
 from catalyst_ttt.schema import ModelConfig  # noqa: E402
@@ -70,3 +71,21 @@ def local_hf_model(tmp_path_factory) -> Path:
     new_tiny_model(shape, tokenizer, seed=0).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def untrained_base(local_hf_model) -> list[str]:
+    """Overrides whose base is that saved, never trained Llama (`model=hf`): a cell with nothing to pretrain."""
+    return ["model=hf", f"model.name_or_path={local_hf_model}"]
+
+
+@pytest.fixture(autouse=True)
+def no_base_pretraining_in_the_fast_suite(request, monkeypatch):
+    """`make test-fast` pretrains no base: a test that runs a tiny-model cell in this process is marked slow,
+    or its cell starts from `untrained_base`."""
+    if request.node.get_closest_marker("slow") is None:
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} builds a tiny base: mark it slow or use untrained_base")
+
+        monkeypatch.setattr(pipeline, "new_tiny_model", refuse)

@@ -58,7 +58,7 @@ def test_bad_anchor_settings_are_one_line_user_errors(overrides, message):
 
 
 def test_the_anchor_is_an_axis_of_the_cell():
-    from catalyst_ttt.record import axes_of
+    from catalyst_ttt.config import axes_of
 
     assert axes_of(compose_cell(["ttt.anchor=replay"]))["anchor"] == "replay"
     assert axes_of(compose_cell([]))["anchor"] == "none"

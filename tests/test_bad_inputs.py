@@ -34,7 +34,7 @@ from catalyst_ttt import sweep as sweeps
 from catalyst_ttt.cache import FILES, KEY, WEIGHTS, cache_state, cached_checkpoint
 from catalyst_ttt.checkpoints import catalyst_key, scratch_key
 from catalyst_ttt.cli import app
-from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides, quote
+from catalyst_ttt.config import RANGES, build_task, compose_cell, parse_overrides, quote, task_key
 from catalyst_ttt.evaluation import sample_metrics
 from catalyst_ttt.report import plots
 from catalyst_ttt.report.page import write_report
@@ -476,6 +476,7 @@ def test_a_failed_build_leaves_no_temporary_directory(tmp_path):
     assert cache_state(tmp_path, "base", {"steps": 3}) == "to train"
 
 
+@pytest.mark.slow
 def test_a_truncated_cached_base_is_rebuilt_by_the_next_cell_and_dry_run_says_so(tiny, tmp_path, monkeypatch, caplog):
     overrides = tiny("regime=none", "signal=none", *MINIMAL, cache=tmp_path / "cache")
     cfg = compose_cell(overrides)
@@ -495,12 +496,12 @@ def test_a_truncated_cached_base_is_rebuilt_by_the_next_cell_and_dry_run_says_so
 def test_dry_run_finds_a_cached_from_scratch_catalyst(tmp_path, monkeypatch):
     overrides = ["regime=correct", "signal=none", "catalyst.from_scratch=true", f"cache_dir={tmp_path / 'c'}"]
     (cell,) = sweeps.load_sweep("smoke", overrides).cells()
+    cfg = cell.config
     scratch, _ = cached_checkpoint(
-        tmp_path / "c", "scratch", scratch_key(cell.config), _two_file_build, owner="t", timeout=60
+        tmp_path / "c", "scratch", scratch_key(cfg.model, cfg.base), _two_file_build, owner="t", timeout=60
     )
-    cached_checkpoint(
-        tmp_path / "c", "catalyst", catalyst_key(cell.config, scratch.name), _two_file_build, owner="t", timeout=60
-    )
+    catalyst = catalyst_key(scratch.name, task_key(cfg), cfg.regime, cfg.catalyst, cfg.seed)
+    cached_checkpoint(tmp_path / "c", "catalyst", catalyst, _two_file_build, owner="t", timeout=60)
     dry = _invoke(["sweep", "smoke", "--dry-run", *overrides], tmp_path, monkeypatch)
     assert dry.exit_code == 0, dry.output
     rows = [re.split(r"\s{2,}", line.strip()) for line in dry.stdout.splitlines() if line.strip().startswith("pending")]
@@ -630,10 +631,10 @@ def test_max_cells_raises_the_bound_and_jobs_never_outnumber_cells():
 # -- valid input refused ------------------------------------------------------------------------
 
 
-def test_a_sweep_runs_from_a_non_ascii_directory_into_a_store_with_a_backslash(tmp_path, monkeypatch, shared_cache):
+def test_a_sweep_runs_from_a_non_ascii_directory_into_a_store_with_a_backslash(tmp_path, monkeypatch, untrained_base):
     home = tmp_path / "équipe ü"
     home.mkdir()
-    args = ["sweep", "smoke", "regime=none", "signal=none", *MINIMAL, "runs_dir=runs\\x", f"cache_dir={shared_cache}"]
+    args = ["sweep", "smoke", "regime=none", "signal=none", *MINIMAL, *untrained_base, "runs_dir=runs\\x"]
     done = _invoke(args, home, monkeypatch)
     assert done.exit_code == 0, done.output
     (result,) = (home / "runs\\x" / "smoke").glob(f"*/{RESULT}")
@@ -712,8 +713,10 @@ def test_wandb_online_without_its_server_logs_offline_after_one_warning(tmp_path
 # -- interrupted is not failed ------------------------------------------------------------------
 
 
-def test_an_interrupted_cell_is_recorded_interrupted_and_a_rerun_finishes_it(tiny, tmp_path, monkeypatch):
-    overrides = tiny("regime=none", "signal=majority", *MINIMAL)
+def test_an_interrupted_cell_is_recorded_interrupted_and_a_rerun_finishes_it(
+    tiny, tmp_path, monkeypatch, untrained_base
+):
+    overrides = tiny("regime=none", "signal=majority", *MINIMAL, *untrained_base)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -733,9 +736,9 @@ def test_an_interrupted_cell_is_recorded_interrupted_and_a_rerun_finishes_it(tin
 
 
 @pytest.mark.slow
-def test_sigint_during_ttt_records_interrupted_with_its_log(tiny, tmp_path):
+def test_sigint_during_ttt_records_interrupted_with_its_log(tiny, tmp_path, untrained_base):
     runs = tmp_path / "runs"
-    overrides = tiny("regime=none", "signal=majority", *MINIMAL, "ttt.steps=400")
+    overrides = tiny("regime=none", "signal=majority", *MINIMAL, *untrained_base, "ttt.steps=400")
     # A child inherits an ignored SIGINT (an earlier test's library can leave it ignored in this process),
     # and Python then installs no KeyboardInterrupt handler: the cell starts as a terminal would start it.
     default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731

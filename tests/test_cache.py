@@ -84,10 +84,10 @@ def test_an_edited_data_file_is_recomputed(tiny, tmp_path):
     assert [t["kind"] for t in trainings] == ["base", "base"]
 
 
-def test_status_shows_a_killed_cell_as_stale(tiny, tmp_path):
+def test_status_shows_a_killed_cell_as_stale(tiny, tmp_path, untrained_base):
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
-        [CTTT, "run", *tiny()],
+        [CTTT, "run", *tiny(*untrained_base)],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

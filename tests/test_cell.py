@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from catalyst_ttt.cache import KEY
@@ -14,6 +15,7 @@ from helpers.wandb_offline import read_offline_run
 SHARES = ("gold_answer", "follows_trace")
 
 
+@pytest.mark.slow
 def test_cell_runs_every_phase_and_writes_results(tiny):
     result = run(tiny("regime=correct", "signal=majority"))
     assert result["status"] == "done", result.get("error")
@@ -37,12 +39,12 @@ def test_cell_runs_every_phase_and_writes_results(tiny):
     assert on_disk["probes"]["trace/gold/gold_answer"] == on_disk["probes"]["trace/gold/follows_trace"]
 
 
-def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny):
-    result = run(tiny("regime=correct", "signal=majority", "sweep=wb", wandb="offline"))
+def test_wandb_offline_run_holds_ttt_reward_and_final_accuracy(tiny, untrained_base):
+    result = run(tiny(*untrained_base, "regime=correct", "signal=majority", "sweep=wb", wandb="offline"))
     offline = read_offline_run(Path(result["wandb_dir"]))
     assert offline.run["name"] == result["cell"]
     assert offline.run["group"] == "wb" and offline.run["job_type"] == "majority"
-    tags = {"task:alchemy", "model:tiny", "regime:correct", "signal:majority", "anchor:none"}
+    tags = {"task:alchemy", "model:hf", "regime:correct", "signal:majority", "anchor:none"}
     assert set(offline.run["tags"]) == tags
     assert offline.config["regime"]["name"] == "correct"
     rewards = offline.series("ttt/reward")
@@ -86,6 +88,7 @@ def _comparable(result: dict) -> dict:
     return kept | {"config": config, "ttt": _untimed(result["ttt"]), "ttt_log": list(map(_untimed, result["ttt_log"]))}
 
 
+@pytest.mark.slow
 def test_the_whole_result_repeats_for_a_seed_and_changes_with_it(tiny, tmp_path):
     first = run(tiny("signal=majority", runs=tmp_path / "a", cache=tmp_path / "ca"))
     again = run(tiny("signal=majority", runs=tmp_path / "b", cache=tmp_path / "cb"))
@@ -101,14 +104,15 @@ def test_the_whole_result_repeats_for_a_seed_and_changes_with_it(tiny, tmp_path)
     assert differs, "another cell seed changed nothing in the result"
 
 
-def test_hf_model_from_a_local_directory(tiny, local_hf_model):
-    result = run(tiny("model=hf", f"model.name_or_path={local_hf_model}", "signal=majority"))
+def test_hf_model_from_a_local_directory(tiny, untrained_base):
+    result = run(tiny(*untrained_base, "signal=majority"))
     assert result["status"] == "done", result.get("error")
     assert result["phases"]["base"] == "pretrained"
     assert result["cell"].startswith("alchemy-local_llama-")
     assert set(result["metrics"]["id"]) >= {"acc/greedy", "process/step_validity"}
 
 
+@pytest.mark.slow
 def test_a_from_scratch_catalyst_trains_an_untrained_model_on_the_rows_alone(tiny, tmp_path):
     overrides = tiny("regime=correct", "signal=none", "catalyst.from_scratch=true", "base.seed=3", cache=tmp_path)
     result = run(overrides)

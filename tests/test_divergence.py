@@ -35,7 +35,7 @@ def test_sampling_from_nan_probabilities_is_a_divergence_not_a_failure():
     assert divergence_of(RuntimeError("CUDA out of memory")) is None
 
 
-def test_a_cell_whose_model_turns_nan_is_recorded_diverged(tiny, monkeypatch):
+def test_a_cell_whose_model_turns_nan_is_recorded_diverged(tiny, monkeypatch, untrained_base):
     load = pipeline.load_pretrained
 
     def nan_start_point(reference, *args, **kwargs):
@@ -45,7 +45,7 @@ def test_a_cell_whose_model_turns_nan_is_recorded_diverged(tiny, monkeypatch):
         return model, tokenizer
 
     monkeypatch.setattr(pipeline, "load_pretrained", nan_start_point)
-    result = run(tiny("regime=correct", "signal=majority", "metrics.ig.enabled=false"))
+    result = run(tiny(*untrained_base, "regime=correct", "signal=majority", "metrics.ig.enabled=false"))
     assert result["status"] == "diverged", result.get("error")
     assert "NaN" in result["error"]
 

@@ -259,3 +259,44 @@ def test_planning_composes_once_per_group_choice_and_gives_hydras_configs():
             expected = compose(config_name="config", overrides=overrides)
         make_paths_absolute(expected)
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(expected), overrides
+
+
+@pytest.mark.slow
+def test_every_group_option_composed_alone_gives_hydras_composition_of_the_whole_cell():
+    """The Composer copies each group option into the default composition: for every option of every group,
+    beside other groups' options, the cell equals Hydra's composition of all of them at once."""
+    from omegaconf import OmegaConf
+
+    from catalyst_ttt.config import GROUPS, Composer, _compose, group_options, parse_overrides
+
+    options = {group: group_options(group) for group in GROUPS}
+    composer = Composer()
+    for group in GROUPS:
+        for i, option in enumerate(options[group]):
+            choice = {g: names[(i + 1) % len(names)] for g, names in options.items()} | {group: option}
+            lines = [f"{g}={name}" for g, name in choice.items()]
+            assembled, whole = composer.compose(parse_overrides(lines, "test")), _compose(lines)
+            assert OmegaConf.to_yaml(assembled) == OmegaConf.to_yaml(whole), lines
+            assert [OmegaConf.get_type(assembled, g) for g in GROUPS] == [OmegaConf.get_type(whole, g) for g in GROUPS]
+    assert not composer.whole, "every shipped option changes its own group only"
+
+
+def test_an_option_that_sets_a_key_outside_its_group_is_composed_whole(monkeypatch):
+    from catalyst_ttt import config
+
+    compose = config._compose
+
+    def swapped_also_sets_the_seed(overrides):
+        cfg = compose(overrides)
+        if "regime=swapped" in overrides:
+            cfg.seed = 7
+        return cfg
+
+    monkeypatch.setattr(config, "_compose", swapped_also_sets_the_seed)
+    composer = config.Composer()
+    lines = ["regime=swapped", "signal=process"]
+    cfg = composer.compose(config.parse_overrides(lines, "test"))
+    assert (cfg.seed, cfg.regime.name, cfg.signal.name) == (7, "swapped", "process")
+    assert composer.whole == {tuple(lines)}
+    plain = composer.compose(config.parse_overrides(["regime=illogical", "signal=process"], "test"))
+    assert (plain.seed, plain.regime.name, plain.signal.name) == (0, "illogical", "process")
