@@ -7,6 +7,7 @@ misspelt key or a value of the wrong type fails before any compute, as one clear
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -582,12 +583,19 @@ def build_task(cfg: DictConfig):
 
 def typed_task_config(cfg: DictConfig):
     """The task node as its dataclass; unknown keys and wrong types are user errors."""
-    schema = OmegaConf.structured(TASKS.get(cfg.task.name).config_class)
-    node = OmegaConf.masked_copy(cfg.task, [k for k in cfg.task if k != "name"])
+    settings = OmegaConf.to_container(cfg.task, resolve=True)
+    return copy.copy(_typed_task(json.dumps(settings, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=None)  # a sweep validates many cells of one task
+def _typed_task(settings: str):
+    node = json.loads(settings)
+    name = node.pop("name")
+    schema = OmegaConf.structured(TASKS.get(name).config_class)
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(schema, node))
     except OmegaConfBaseException as err:
-        raise UserError(f"task {cfg.task.name}: {_first_line(err)}") from None
+        raise UserError(f"task {name}: {_first_line(err)}") from None
     _check_task_values(typed)
     return typed
 
