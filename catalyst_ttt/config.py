@@ -86,10 +86,9 @@ def compose_cells(grid: list[list[str]]) -> list[DictConfig]:
         if design in designs:
             cfg = copy.deepcopy(designs[design])
             for override in seeds:
+                key = override.key_or_group
                 _set(cfg, override)
-                _check_range(
-                    override.key_or_group, OmegaConf.select(cfg, override.key_or_group), RANGES[override.key_or_group]
-                )
+                _check_range(key, OmegaConf.select(cfg, key), RANGES[key])
             cells.append(cfg)
             continue
         cfg = composer.compose([o for o in parsed if _needs_hydra(o)])
