@@ -214,7 +214,7 @@ def _set(cfg: DictConfig, override: Override) -> None:
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise UserError(_unknown_key_message(err.full_key or override.key_or_group)) from None
     except OmegaConfBaseException as err:
-        raise UserError(f"Error merging override {override.input_line}: {_first_line(err)}") from None
+        raise UserError(f"Error merging override {override.input_line}: {_omegaconf_message(err)}") from None
 
 
 def _resolve(cfg: DictConfig) -> None:
@@ -315,7 +315,7 @@ def _missing_option_message(err: MissingConfigException) -> str:
         listed = err.options or group_options(group)
         options = [o for o in listed if not o.endswith(SCHEMA_SUFFIX)]  # schemas are not options to pick
         return unknown_name(group, name, options)
-    return _first_line(err)
+    return _omegaconf_message(err)
 
 
 def _override_message(err: Exception) -> str:
@@ -323,8 +323,8 @@ def _override_message(err: Exception) -> str:
     cause = err.__cause__
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         return _unknown_key_message(cause.full_key)
-    text = _first_line(err)
-    return f"{text}: {_first_line(cause)}" if cause is not None else text
+    text = _omegaconf_message(err)
+    return f"{text}: {_omegaconf_message(cause)}" if cause is not None else text
 
 
 def _unknown_key_message(full_key: str) -> str:
@@ -336,10 +336,10 @@ def _unknown_key_message(full_key: str) -> str:
     return f"unknown key {full_key!r}; valid: the keys in conf/{parent}/<name>.yaml"
 
 
-def _first_line(err: Exception) -> str:
+def _omegaconf_message(err: Exception) -> str:
+    """An OmegaConf error's message and the line after it, which names the key, on one line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = " ".join(lines[:2]) if lines else type(err).__name__
-    return text.replace("\n", " ")
+    return " ".join(lines[:2]) if lines else type(err).__name__
 
 
 def validate(cfg: DictConfig) -> None:
@@ -594,7 +594,7 @@ def _typed_task(settings: str):
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(schema, node))
     except OmegaConfBaseException as err:
-        raise UserError(f"task {name}: {_first_line(err)}") from None
+        raise UserError(f"task {name}: {_omegaconf_message(err)}") from None
     _check_task_values(typed)
     return typed
 
