@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from catalyst_ttt.cache import cache_key, cache_state, measured_beside
 from catalyst_ttt.config import task_key
 from catalyst_ttt.metrics.statistics import ALPHA, floor_p, format_p
-from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.signals import trains_at_test_time
 
 START_EVAL, BASE_EVAL = "start-eval", "base-eval"  # measurements kept beside a checkpoint (pipeline.py)
 
@@ -54,10 +54,6 @@ def start_eval_key(evaluation: DictConfig, seed: int) -> list:
 
 def base_eval_key(evaluation: DictConfig) -> list:
     return [evaluation.max_per_split]
-
-
-def trains_at_test_time(signal: DictConfig, ttt: DictConfig) -> bool:
-    return SIGNALS.get(signal.name).trainer is not None and ttt.steps > 0
 
 
 def floor_gate(ttt: DictConfig, signal: DictConfig, regime: str, start: list[int], base: list[int]) -> dict | None:

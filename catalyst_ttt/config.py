@@ -32,7 +32,7 @@ from catalyst_ttt.network import check_hub_id
 from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.results import check_directory, check_name
 from catalyst_ttt.schema import NON_SEMANTIC, CellConfig, StabilityConfig
-from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.signals import SIGNALS, trains_at_test_time
 from catalyst_ttt.tasks import TASKS
 from catalyst_ttt.tasks.base import TRAINING_SPLITS
 
@@ -532,8 +532,7 @@ def check_sizes(cfg: DictConfig, task) -> None:
             f"catalyst.n={cfg.catalyst.n} is more than the {sizes['train']} problems of the catalyst pool "
             f"(split sizes: {listing}); lower catalyst.n or raise task.n_train"
         )
-    trains = SIGNALS.get(cfg.signal.name).trainer is not None and cfg.ttt.steps > 0
-    if trains and sizes["id"] < cfg.ttt.prompts_per_step:
+    if trains_at_test_time(cfg.signal, cfg.ttt) and sizes["id"] < cfg.ttt.prompts_per_step:
         raise UserError(
             f"ttt.prompts_per_step={cfg.ttt.prompts_per_step} is more than the {sizes['id']} id prompts of task "
             f"{cfg.task.name} (split sizes: {listing})"

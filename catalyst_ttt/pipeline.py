@@ -29,7 +29,6 @@ from catalyst_ttt.checkpoints import (
     reader_key,
     scratch_key,
     start_eval_key,
-    trains_at_test_time,
 )
 from catalyst_ttt.config import build_task, describe_cell, task_key
 from catalyst_ttt.device import device_record, resolve_device
@@ -47,7 +46,7 @@ from catalyst_ttt.models import (
 )
 from catalyst_ttt.record import CellRecord
 from catalyst_ttt.regimes import CALIBRATION_REGIMES, REGIMES, answer_leak, catalyst_sample
-from catalyst_ttt.signals import SIGNALS
+from catalyst_ttt.signals import SIGNALS, trains_at_test_time
 from catalyst_ttt.tasks.base import TRAINING_SPLITS, Problem, Task
 from catalyst_ttt.training import (
     StepHook,

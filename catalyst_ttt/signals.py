@@ -21,7 +21,7 @@ from typing import Callable
 
 from catalyst_ttt.errors import UserError
 from catalyst_ttt.registry import Registry
-from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig
+from catalyst_ttt.schema import ACCESS_CLASSES, SignalConfig, TTTConfig
 from catalyst_ttt.tasks.base import TASKS, Parsed, Problem, Task
 from catalyst_ttt.votes import majority_answer, votes_of
 
@@ -103,6 +103,11 @@ class Signal:
 
 
 SIGNALS: Registry[Signal] = Registry("signal")
+
+
+def trains_at_test_time(signal: SignalConfig, ttt: TTTConfig) -> bool:
+    """The cell's signal has a trainer and the cell gives it steps."""
+    return SIGNALS.get(signal.name).trainer is not None and ttt.steps > 0
 
 
 def signal(name: str, *, trainer: str | None, access: str = "intrinsic", **fields) -> Callable:

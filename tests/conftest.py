@@ -7,15 +7,12 @@ import pytest
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from datasets import Dataset  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 from catalyst_ttt import pipeline  # noqa: E402
 from catalyst_ttt.models import char_tokenizer, new_tiny_model  # noqa: E402
-from catalyst_ttt.regimes import REGIMES  # noqa: E402
 from catalyst_ttt.schema import ModelConfig  # noqa: E402
-from catalyst_ttt.training import sft  # noqa: E402
-from helpers.cells import SMOKE, SPLITS, TASK  # noqa: E402
+from helpers.cells import SMOKE, format_taught  # noqa: E402
 
 # Every property test draws the same examples on every run and machine: a failure is reproducible.
 settings.register_profile("derandomized", derandomize=True, deadline=None)
@@ -25,11 +22,7 @@ settings.load_profile("derandomized")
 @pytest.fixture(scope="session")
 def taught_once():
     """A tiny model SFT'd on correct alchemy traces until it writes the format, with mixed answers."""
-    tokenizer = char_tokenizer()
-    model = new_tiny_model(ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), tokenizer, 0)
-    rows = REGIMES.get("correct")(SPLITS["train"], TASK, None, 0)
-    sft(model, tokenizer, Dataset.from_list(rows), steps=200, batch_size=32, lr=3e-3, seed=0, max_length=96)
-    return model, tokenizer
+    return format_taught(200)
 
 
 @pytest.fixture

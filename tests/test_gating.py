@@ -3,17 +3,12 @@
 from pathlib import Path
 
 import pytest
-from datasets import Dataset
 from typer.testing import CliRunner
 
 from catalyst_ttt.cli import app
-from catalyst_ttt.models import char_tokenizer, new_tiny_model
-from catalyst_ttt.regimes import REGIMES
 from catalyst_ttt.report import build, from_store
 from catalyst_ttt.results import GATED
-from catalyst_ttt.schema import ModelConfig
-from catalyst_ttt.training import sft
-from helpers.cells import SPLITS, TASK
+from helpers.cells import format_taught
 
 # helpers.cells.TASK's settings, with 32 id items: enough for the floor's exact test to tell a start apart.
 TASK_OVERRIDES = [
@@ -38,10 +33,7 @@ QUIET = ["eval.max_per_split=32", "metrics.ig.enabled=false", "metrics.probes.en
 def format_only_base(tmp_path_factory) -> Path:
     """A tiny model SFT'd 100 steps on correct traces, saved as a local model: it writes the format and
     answers no id item, so a catalyst can lift it above its floor."""
-    tokenizer = char_tokenizer()
-    model = new_tiny_model(ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), tokenizer, 0)
-    rows = REGIMES.get("correct")(SPLITS["train"], TASK, None, 0)
-    sft(model, tokenizer, Dataset.from_list(rows), steps=100, batch_size=32, lr=3e-3, seed=0, max_length=96)
+    model, tokenizer = format_taught(100)
     directory = tmp_path_factory.mktemp("format_only_base")
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
