@@ -3,7 +3,7 @@ job buys. Prints the tables the README records; every figure is the best of two 
 
 Sections (all by default; `python -m catalyst_ttt.bench SECTION...` runs some):
 
-* `base`: the testbed's base pretraining (default config), alone, with its training throughput, rows
+* `base`: the default study's base pretraining (its fast base), alone, with its training throughput, rows
   packed into blocks (`base.packed`, the default) and padded to their batch's longest (before).
 * `cell`: one cell of the default study (regime correct, signal majority) over that base, phase
   by phase: the catalyst and the IG reader built once, then a cell whose checkpoints are cached
@@ -63,8 +63,8 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple]) -> str:
 
 
 def base_section(scratch: Path) -> Path:
-    """Train the default base RUNS times from scratch, packed (the default) and padded (before packing);
-    returns a cache holding the packed one for `cell`."""
+    """Train the default study's base RUNS times from scratch, packed (the default) and padded (before
+    packing); returns a cache holding the packed one for `cell`."""
     from catalyst_ttt.config import build_task, compose_cell
     from catalyst_ttt.pipeline import base_checkpoint
 
@@ -73,7 +73,7 @@ def base_section(scratch: Path) -> Path:
         seconds = []
         for attempt in range(RUNS):
             attempt_cache = scratch / f"base-cache-{packed}-{attempt}"
-            overrides = ["threads=1", f"base.packed={packed}", f"cache_dir={attempt_cache}"]
+            overrides = sweep_overrides(DEFAULT, "threads=1", f"base.packed={packed}", f"cache_dir={attempt_cache}")
             cfg = compose_cell([*overrides, f"runs_dir={scratch / 'base-runs'}"])
             started = time.perf_counter()
             base_checkpoint(cfg, build_task(cfg), "bench", "cpu")
@@ -89,7 +89,7 @@ def base_section(scratch: Path) -> Path:
             )
         )
     header = ("rows", "steps", "seconds (best)", "runs", "steps/s")
-    print(table("Base pretraining (default testbed, threads=1)", header, rows))
+    print(table("Base pretraining (the default study's base, threads=1)", header, rows))
     return cache
 
 

@@ -120,7 +120,7 @@ OVERRIDES = [
     (
         ["sweep", "nope"],
         "unknown sweep 'nope'; valid: anchor, bench, default, full, gpu, ignition, question, signals, smoke, "
-        "stechly, testbed",
+        "stechly, testbed, testbed_fast",
     ),
     (["sweep", "../smoke"], "sweep='../smoke' is not valid"),
     (["sweep", "smoke", "regime=none,nope"], "unknown regime 'nope'"),
