@@ -281,18 +281,16 @@ def test_every_group_option_composed_alone_gives_hydras_composition_of_the_whole
     assert not composer.whole, "every shipped option changes its own group only"
 
 
-def test_an_option_that_sets_a_key_outside_its_group_is_composed_whole(monkeypatch):
+def test_an_option_that_sets_a_key_outside_its_group_is_composed_whole(monkeypatch, tmp_path):
+    """A plain option file is merged into its group without Hydra; one with a `@package` line (here it also sets
+    the seed) is composed by Hydra, found to reach outside its group, and its combinations composed whole."""
     from catalyst_ttt import config
 
-    compose = config._compose
-
-    def swapped_also_sets_the_seed(overrides):
-        cfg = compose(overrides)
-        if "regime=swapped" in overrides:
-            cfg.seed = 7
-        return cfg
-
-    monkeypatch.setattr(config, "_compose", swapped_also_sets_the_seed)
+    conf = shutil.copytree(config.CONF_DIR, tmp_path / "conf")
+    (conf / "regime" / "swapped.yaml").write_text("# @package _global_\nregime:\n  name: swapped\nseed: 7\n")
+    monkeypatch.setattr(config, "CONF_DIR", conf)
+    composed, compose = [], config._compose
+    monkeypatch.setattr(config, "_compose", lambda lines: composed.append(tuple(lines)) or compose(lines))
     composer = config.Composer()
     lines = ["regime=swapped", "signal=process"]
     cfg = composer.compose(config.parse_overrides(lines, "test"))
@@ -300,3 +298,4 @@ def test_an_option_that_sets_a_key_outside_its_group_is_composed_whole(monkeypat
     assert composer.whole == {tuple(lines)}
     plain = composer.compose(config.parse_overrides(["regime=illogical", "signal=process"], "test"))
     assert (plain.seed, plain.regime.name, plain.signal.name) == (0, "illogical", "process")
+    assert composed == [("regime=swapped",), (), tuple(lines)]  # illogical and process: their files alone
