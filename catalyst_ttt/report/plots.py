@@ -49,6 +49,7 @@ PAGE_WIDTH = 11.4  # inches: 1,140 px, the page's text column at 1,280 px
 PANEL = (3.7, 2.7)  # one small multiple, inches
 MAX_COLUMNS = 3
 MIN_WIDTH = 8.5  # inches: room for a title and a legend beside one or two panels
+MIN_FOREST_HEIGHT = 3.0  # inches: a forest of one or two rows stays legible on a page (not a 4:1 strip)
 DODGE = 0.04  # relative x offset between curves of a log-scaled budget axis
 VERDICT_COLOURS = {
     STABLE: "#2e7d32",
@@ -198,7 +199,8 @@ def draw_anchors(report: Report, path: Path) -> bool:
 def forest(rows: list[tuple[str, Estimate, str]], title: str, xlabel: str, margin: tuple[float, float], path: Path):
     """One row per (label, estimate, verdict): the mean and its interval, coloured by verdict; the band
     between `margin` is shaded (the equivalence or no-ignition margin)."""
-    fig, ax = plt.subplots(figsize=(MIN_WIDTH, 0.32 * len(rows) + 1.6), layout="constrained")
+    height = max(0.32 * len(rows) + 1.6, MIN_FOREST_HEIGHT)
+    fig, ax = plt.subplots(figsize=(MIN_WIDTH, height), layout="constrained")
     y = np.arange(len(rows))[::-1]
     for position, (_, estimate, verdict) in zip(y, rows):
         colour = VERDICT_COLOURS.get(verdict, "#000000")
