@@ -62,12 +62,15 @@ def test_ignites_per_latent_kind():
         _group("none", Truth("lit", ignition=0.6)),
         _group("none", Truth("dark", 0.3, 0.0, base_sd=0.02, cell_sd=0.02)),
     )
-    for r in lit:
-        r["axes"]["latent"] = "steps"
-    for r in dark:
-        r["axes"]["latent"], r["cell"] = "direct", r["cell"] + "-direct"
-    scores = {s.part: s.verdict for s in _scored(spec, lit + dark)}
-    assert scores == {"steps": SUPPORTED, "direct": REFUTED}
+    for kind, results in (("steps", lit), ("direct", dark)):
+        for r in results:
+            r["axes"] |= {"latent": kind, "catalyst_n": 256, "ttt_steps": 12}
+            r["cell"] += f"-{kind}"
+    scores = {s.part: s for s in _scored(spec, lit + dark)}
+    assert {part: s.verdict for part, s in scores.items()} == {"steps": SUPPORTED, "direct": REFUTED}
+    # named by what fixes the start, not by the TTT horizon an ignition entry is read before
+    assert "largest correct catalyst_n=256: +" in scores["steps"].evidence
+    assert "ttt_steps" not in scores["steps"].evidence + scores["direct"].evidence
 
 
 @pytest.mark.parametrize(
