@@ -227,13 +227,20 @@ def test_the_multirun_places_store_and_cache_by_absolute_path(tmp_path, monkeypa
 
 
 def test_the_ignition_sweep_crosses_every_regime_with_budgets_up_to_the_whole_pool():
-    (axes,) = load_sweep("ignition", []).blocks
-    assert axes["regime"] == ["none", "answer_only", "correct", "swapped", "illogical", "corrupted"]
-    assert axes["task.latent"] == ["steps", "direct"] and axes["signal"] == ["none"]
-    budgets = sorted(int(n) for n in axes["catalyst.n"])
-    assert len(budgets) >= 4 and budgets[0] == 64
-    assert len(axes["base.seed"]) >= 5  # the unit of inference is the base
-    largest = load_sweep("ignition", ["regime=correct", f"catalyst.n={budgets[-1]}"]).cells()[0]
+    points = [dict(o.split("=", 1) for o in overrides) for overrides in load_sweep("ignition", []).grid()]
+    regimes = {"answer_only", "correct", "swapped", "illogical", "corrupted"}
+    for kind in ("steps", "direct"):
+        mine = [p for p in points if p["task.latent"] == kind]
+        seeds = {p["base.seed"] for p in mine}
+        assert len(seeds) >= 5  # the unit of inference is the base
+        assert len({p["base.steps"] for p in mine}) == 1  # one base per kind and seed
+        assert sorted(p["base.seed"] for p in mine if p["regime"] == "none") == sorted(seeds)  # once per base
+        budgets = sorted({int(p["catalyst.n"]) for p in mine if p["regime"] != "none"})
+        assert len(budgets) >= 4 and budgets[0] == 64
+        crossed = {(p["regime"], int(p["catalyst.n"]), p["base.seed"]) for p in mine if p["regime"] != "none"}
+        assert crossed == set(itertools.product(regimes, budgets, seeds))
+        assert all(p["signal"] == "none" for p in mine)  # no TTT: ignition is read before it
+    largest = load_sweep("ignition", ["regime=correct", "task.latent=direct", f"catalyst.n={budgets[-1]}"]).cells()[0]
     assert budgets[-1] == split_sizes(build_task(largest.config))["train"]  # the whole catalyst pool
 
 
