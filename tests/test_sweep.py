@@ -49,9 +49,9 @@ def test_cli_overrides_narrow_and_add_axes():
 def test_axis_blocks_are_a_union_of_grids_and_the_command_line_sets_every_block():
     sweep = load_sweep("testbed", ["base.seed=0", "task.latent=steps"])
     sizes = [len(list(itertools.product(*axes.values()))) for axes in sweep.blocks]
-    assert len(sweep.blocks) == 2 and len(sweep.grid()) == sum(sizes) == 3
+    assert len(sweep.blocks) == 4 and len(sweep.grid()) == sum(sizes) == 6
     assert all("base.seed" not in axes and "task.latent" not in axes for axes in sweep.blocks)
-    assert [axes.get("catalyst.steps") for axes in sweep.blocks] == [None, ["160", "480"]]
+    assert [axes.get("catalyst.steps") for axes in sweep.blocks] == [None, ["160", "480"]] * 2
     argvs = sweep.multirun_argvs(sweep.cells()[0].config)
     assert [argv for argv in argvs if "regime=correct" in argv and "catalyst.steps=160,480" in argv]
     assert [argv for argv in argvs if "regime=none" in argv and not any("catalyst.steps" in a for a in argv)]
