@@ -155,9 +155,7 @@ def _matches(key: dict, selector: dict[str, list], hypothesis: Hypothesis, part:
 
 def _name(holder: Group | Ignition) -> str:
     key = holder.key
-    # An ignition entry is read before TTT: its TTT horizon does not tell it apart.
-    axes = ("catalyst_n",) if isinstance(holder, Ignition) else ("catalyst_n", "signal", "anchor", "ttt_steps")
-    parts = [key.get("regime"), *(f"{a}={key[a]}" for a in axes if a in key)]
+    parts = [key.get("regime"), *(f"{a}={key[a]}" for a in ("catalyst_n", "signal", "anchor", "ttt_steps") if a in key)]
     return " ".join(str(p) for p in parts if p is not None)
 
 

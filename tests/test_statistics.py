@@ -1,6 +1,7 @@
 """The statistics every verdict rests on, cross-checked against scipy and statsmodels, and the verdict
 machinery's error rates under a known truth (catalyst_ttt.simulation)."""
 
+import copy
 import math
 import random
 
@@ -150,6 +151,19 @@ def test_ignition_verdicts_and_the_none_arm_counted_once():
     rule = StabilityConfig()
     assert analyse(_study([0.0] * 6), rule).ignition[0].verdict == IGNITES
     assert analyse(_study([0.0] * 6, starts=[0.3] * 6, base=0.3), rule).ignition[0].verdict == NO_IGNITION
+
+
+def test_one_start_at_two_ttt_horizons_is_one_ignition_entry():
+    # ignition is read before TTT: cells that differ only in ttt.steps share their start and their base
+    results = []
+    for horizon in (12, 24):
+        for record in _study([0.0] * 6):
+            record = copy.deepcopy(record)
+            record["axes"]["ttt_steps"] = horizon
+            record["cell"] += f"-ttt{horizon}"
+            results.append(record)
+    (entry,) = analyse(results, StabilityConfig()).ignition
+    assert entry.estimate.n == 6 and "ttt_steps" not in entry.key
 
 
 # -- the verdict machinery under a known truth ---------------------------------------------------

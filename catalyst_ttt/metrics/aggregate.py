@@ -36,7 +36,7 @@ from catalyst_ttt.results import GATED
 from catalyst_ttt.schema import NON_SEMANTIC, StabilityConfig
 
 SEED_AXES = ("seed", "base_seed")
-TTT_AXES = ("signal", "reference", "anchor")  # what happens after the TTT start; a group never pools them
+TTT_AXES = ("signal", "reference", "anchor", "ttt_steps")  # what follows the TTT start: ignition drops them
 FINISHED = ("done", GATED)  # a gated cell finished at its floor: its start counts, it has no TTT
 
 STABLE, UNSTABLE, INCONCLUSIVE = "stable", "unstable", "inconclusive"
