@@ -475,6 +475,20 @@ def test_no_budget_section_when_catalyst_n_is_fixed(tmp_path):
     assert "Ignites by catalyst budget" not in " ".join(headline(report)) and "**Probes" not in _page(report)
 
 
+def test_a_study_at_one_catalyst_size_shows_its_probes_once_per_ignition_entry(tmp_path):
+    # the testbed's latent probe is its threshold: a report without a budget axis must still show it
+    latent = {0: 0.6, 1: 0.9}
+    results = [
+        fake_result(regime, "none", 0, start, start, base_seed=b, probes={"latent/base": latent[b], "skill/base": 1.0})
+        for b in latent
+        for regime, start in (("none", 0.05), ("correct", 0.9))
+    ]
+    text = _page(_report(tmp_path, results))
+    assert "| regime | skill base | latent base |" in text
+    assert "| correct | 1.00 | 0.75 |" in text  # the mean over the two bases; regime none is no ignition entry
+    assert "Probes of each catalyst checkpoint" not in _page(_hand_store(tmp_path / "none", "majority", "process"))
+
+
 @pytest.fixture(scope="module")
 def smoke_store(tmp_path_factory) -> Path:
     """A results store made by a real smoke sweep (Hydra multirun, TRL, tiny model)."""

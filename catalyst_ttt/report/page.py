@@ -28,7 +28,7 @@ from catalyst_ttt.metrics.aggregate import (
 from catalyst_ttt.report import answer, appendix, tables
 from catalyst_ttt.report.loading import RESULTS_FILE, write_file
 from catalyst_ttt.report.plots import PLOTS, draw
-from catalyst_ttt.report.study import Report, anchor_order, budget_curves, ordered, varies_budget
+from catalyst_ttt.report.study import Report, anchor_order, budget_curves, mean_probes, ordered, varies_budget
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 CAPTIONS = {
@@ -116,21 +116,28 @@ def ignition_section(report: Report, plots: dict[str, str]) -> Section:
         *images(["ignition_vs_budget", "ignition"], plots),
         *bullets(answer.ignition_findings(report)),
     ]
-    if not varies_budget(report):
-        return Section("Ignition", [*lines, tables.ignition_table(report.ignition, report.ignition_varying), ""])
-    for panel, curves in budget_curves(report).items():
-        entries = [e for regime in sorted(curves) for e in curves[regime]]
-        lines += [f"**{panel or 'Ignition by budget'}**", "", tables.ignition_table(entries, [], budget=True), ""]
-    lines += [
+    probes_note = (
         "Probes of each catalyst checkpoint (means over replicates; docs/metrics.md): skill = greedy accuracy on "
         "held-out single-op items before (base) and after (start) the catalyst; latent = greedy accuracy on the id "
         "problems asked in the direct form the base learnt them in, where the task has one; format rate = id "
         "completions that parse with the expected steps; `X trace → trace / gold` = share of answers, written after "
-        "a teacher-forced X trace, equal to that trace's own answer / to the gold answer.",
-        "",
-    ]
-    for panel, curves in budget_curves(report).items():
-        lines += [f"**Probes{f': {panel}' if panel else ''}**", "", tables.probes_table(curves), ""]
+        "a teacher-forced X trace, equal to that trace's own answer / to the gold answer."
+    )
+    if not varies_budget(report):
+        axes = report.ignition_varying
+        lines += [tables.ignition_table(report.ignition, axes), ""]
+        if any(mean_probes(entry) for entry in report.ignition):
+            lines += [probes_note, "", tables.probes_table(report.ignition, axes), ""]
+        return Section("Ignition", lines)
+    panels = {
+        panel: [e for regime in sorted(curves) for e in curves[regime]]
+        for panel, curves in budget_curves(report).items()
+    }
+    for panel, entries in panels.items():
+        lines += [f"**{panel or 'Ignition by budget'}**", "", tables.ignition_table(entries, [], budget=True), ""]
+    lines += [probes_note, ""]
+    for panel, entries in panels.items():
+        lines += [f"**Probes{f': {panel}' if panel else ''}**", "", tables.probes_table(entries, [], budget=True), ""]
     return Section("Ignition", lines)
 
 

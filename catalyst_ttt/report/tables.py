@@ -67,12 +67,10 @@ IGNITION_NUMBERS = {"units", "ignition", "90% interval", "p > 0", "p < δ", "n"}
 
 def ignition_table(entries: list[Ignition], axes: list[str], budget: bool = False) -> str:
     """One row per ignition entry; with `budget`, the catalyst.n column follows the regime."""
-    header = [*axes, "regime", *(["n"] if budget else []), "units", "ignition", "90% interval", "p > 0", "p < δ"]
+    header = [*_entry_header(axes, budget), "units", "ignition", "90% interval", "p > 0", "p < δ"]
     rows = [
         [
-            *(axis_value(e.key, axis) for axis in axes),
-            e.key["regime"],
-            *([str(e.key[BUDGET_AXIS])] if budget else []),
+            *_entry_names(e, axes, budget),
             units(e.estimate),
             value(e.estimate, signed=True),
             interval(e.estimate, signed=True),
@@ -85,17 +83,28 @@ def ignition_table(entries: list[Ignition], axes: list[str], budget: bool = Fals
     return table([*header, "verdict"], rows, IGNITION_NUMBERS)
 
 
-def probes_table(curves: dict[str, list[Ignition]]) -> str:
-    """Probe means per regime and catalyst.n, for one panel of the budget curves; a probe no cell recorded
-    gets no column."""
-    means = [(regime, entry, mean_probes(entry)) for regime, entries in sorted(curves.items()) for entry in entries]
-    recorded = [name for name in PROBE_COLUMNS if any(name in probes for _, _, probes in means)]
+def probes_table(entries: list[Ignition], axes: list[str], budget: bool = False) -> str:
+    """Probe means over each ignition entry's replicates, named as in `ignition_table`; a probe no cell
+    recorded gets no column."""
+    means = [(entry, mean_probes(entry)) for entry in entries]
+    recorded = [name for name in PROBE_COLUMNS if any(name in probes for _, probes in means)]
     rows = [
-        [regime, str(entry.key[BUDGET_AXIS]), *(_probe(probes, name) for name in recorded)]
-        for regime, entry, probes in means
+        [*_entry_names(entry, axes, budget), *(_probe(probes, name) for name in recorded)] for entry, probes in means
     ]
-    header = ["regime", "n", *(PROBE_COLUMNS[name] for name in recorded)]
-    return table(header, rows, set(header) - {"regime"})
+    header = [*_entry_header(axes, budget), *(PROBE_COLUMNS[name] for name in recorded)]
+    return table(header, rows, {"n", *(PROBE_COLUMNS[name] for name in recorded)})
+
+
+def _entry_header(axes: list[str], budget: bool) -> list[str]:
+    return [*axes, "regime", *(["n"] if budget else [])]
+
+
+def _entry_names(entry: Ignition, axes: list[str], budget: bool) -> list[str]:
+    return [
+        *(axis_value(entry.key, axis) for axis in axes),
+        entry.key["regime"],
+        *([str(entry.key[BUDGET_AXIS])] if budget else []),
+    ]
 
 
 def _probe(probes: dict[str, float], name: str) -> str:
