@@ -82,7 +82,9 @@ def test_a_report_rebuilds_from_its_results_file_alone_byte_for_byte(tmp_path, m
     assert _report_files(elsewhere) == original
 
 
-@pytest.mark.parametrize("study", ["testbed", "testbed_fast", "default", "question", "stechly", "ignition"])
+@pytest.mark.parametrize(
+    "study", ["testbed", "testbed_fast", "default", "question", "stechly", "ignition", "ignition_first_run"]
+)
 def test_a_committed_report_rebuilds_from_its_results_file_byte_for_byte(study, tmp_path):
     directory = REPOSITORY / "docs" / "results" / study
     report = build(read_file(directory / RESULTS_FILE))
